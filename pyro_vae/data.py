@@ -1,0 +1,145 @@
+"""Datasets as device-resident tensors, and binarization for the Bernoulli likelihood.
+
+Training images stay as uint8 intensities on the training device and are
+binarized afresh for every batch (dynamic binarization); the test set is
+binarized once, with its own seed, on the CPU so that held-out numbers are the
+same on every device and every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+from pyro_vae.errors import DataError
+
+# torchvision class and folder name of each dataset
+_TORCHVISION = {
+    "mnist": (torchvision.datasets.MNIST, "MNIST"),
+    "fashion-mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST"),
+}
+_RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass
+class ImageData:
+    """One dataset, train and test, ready for training.
+
+    :param train: uint8 intensities, shape ``(N, C, H, W)``, binarized per batch.
+    :param test: binarized test images, float32 in {0, 1}, shape ``(M, C, H, W)``.
+    """
+
+    name: str
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def event_shape(self) -> torch.Size:
+        """Shape of one data point, e.g. ``(1, 28, 28)``."""
+        return self.train.shape[1:]
+
+    def to(self, device: torch.device | str) -> ImageData:
+        return ImageData(
+            self.name,
+            self.train.to(device),
+            self.train_labels.to(device),
+            self.test.to(device),
+            self.test_labels.to(device),
+        )
+
+
+def load_raw(name: str, data_dir: str, download: bool = True) -> tuple[torch.Tensor, ...]:
+    """Read a torchvision image dataset as uint8 tensors.
+
+    :param name: ``"mnist"`` or ``"fashion-mnist"``.
+    :param data_dir: root in torchvision's layout (``<data_dir>/MNIST/raw/...``).
+    :param download: try to download missing files.
+    :returns: ``(train_images, train_labels, test_images, test_labels)``; images ``(N, 1, H, W)`` uint8.
+    :raises DataError: when the files are absent and cannot be downloaded.
+    """
+    if name not in _TORCHVISION:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(_TORCHVISION)}")
+    cls, folder = _TORCHVISION[name]
+    splits = []
+    for train in (True, False):
+        try:
+            # torchvision prints each failed mirror; the one-line error below says it all
+            with contextlib.redirect_stdout(io.StringIO()):
+                ds = cls(root=data_dir, train=train, download=download)
+        except (RuntimeError, OSError) as exc:
+            raw = os.path.join(data_dir, folder, "raw")
+            why = "and could not be downloaded" if download else "and --no-download is set"
+            raise DataError(
+                f"{name} not found in {raw} {why} ({type(exc).__name__}); expected "
+                f"{', '.join(f + '(.gz)' for f in _RAW_FILES)}; "
+                f"point --data-dir at a folder holding {folder}/raw/, e.g. --data-dir ../shared/data"
+            ) from None
+        splits += [ds.data.unsqueeze(1).contiguous(), ds.targets.clone()]
+    return tuple(splits)
+
+
+def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw binary images with pixel-on probability equal to the intensity.
+
+    :param images: uint8 intensities in 0..255 (or floats in [0, 1]).
+    :param generator: RNG on the images' device; seeds the draw.
+    :returns: float32 tensor in {0, 1}, same shape and device.
+    """
+    probs = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return torch.bernoulli(probs, generator=generator)
+
+
+def load_data(
+    name: str,
+    data_dir: str,
+    *,
+    download: bool = True,
+    test_binarization_seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> ImageData:
+    """Load a dataset and binarize its test set once, on the CPU, with a fixed seed."""
+    x_train, y_train, x_test, y_test = load_raw(name, data_dir, download)
+    x_train, y_train = x_train[:limit_train], y_train[:limit_train]
+    x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+    g = torch.Generator().manual_seed(test_binarization_seed)
+    return ImageData(name, x_train, y_train, binarize(x_test, g), y_test)
+
+
+class ResidentBatches:
+    """Shuffled, freshly binarized training batches sliced from a tensor already on the device.
+
+    No DataLoader, no host-device copies: each epoch draws a permutation and the
+    Bernoulli pixels with ``generator`` on the images' device.
+
+    :param images: uint8 intensities ``(N, C, H, W)`` on the training device.
+    :param batch_size: images per step; the last batch of an epoch may be smaller.
+    :param generator: RNG on the same device as ``images``.
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.images = images
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        n = len(self.images)
+        perm = torch.randperm(n, device=self.images.device, generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            yield binarize(self.images[perm[start : start + self.batch_size]], self.generator)

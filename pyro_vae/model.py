@@ -1,0 +1,79 @@
+"""The VAE as a Pyro model and guide.
+
+``model(x)``: z ~ p(z) (site ``"z"``), x ~ p(x|z) from the decoder (site ``"x"``),
+both inside ``pyro.plate("data", N)``. ``guide(x)``: z ~ q(z|x) = Normal(loc, scale)
+from the encoder. Prior, likelihood and networks are injected modules, so each can
+be swapped without touching the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.nets import build_networks
+from pyro_vae.priors import StandardNormalPrior
+
+
+class VAE(nn.Module):
+    """A variational autoencoder written as a Pyro model/guide pair.
+
+    :param encoder: ``x -> (loc, scale)`` of q(z|x), each ``(N, z_dim)``.
+    :param decoder: ``z -> `` likelihood parameters shaped ``(..., *event_shape)``.
+    :param prior: module returning p(z) with ``event_shape (z_dim,)``.
+    :param likelihood: module mapping decoder output to p(x|z).
+    :param event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        event_shape: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.event_shape = torch.Size(event_shape)
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) for a batch ``x: (N, *event_shape)``."""
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())  # (N, z_dim)
+            logits = self.decoder(z)  # (N, *event_shape)
+            pyro.sample("x", self.likelihood(logits, len(self.event_shape)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z|x) for a batch ``x: (N, *event_shape)``."""
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = posterior mean]: what the pictures show."""
+        loc, _ = self.encoder(x)
+        return self.likelihood.mean(self.decoder(loc))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """E[x|z] for ``n`` draws z ~ p(z): ``(n, *event_shape)``."""
+        z = self.prior().sample((n,))
+        return self.likelihood.mean(self.decoder(z))
+
+
+def build_vae(
+    event_shape: Sequence[int], net: str = "mlp", z_dim: int = 50, hidden: Sequence[int] = (400,)
+) -> VAE:
+    """The default VAE: standard-Normal prior, Bernoulli likelihood, ``net`` networks."""
+    encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
+    return VAE(encoder, decoder, StandardNormalPrior(z_dim), BernoulliLikelihood(), event_shape)

@@ -1,0 +1,199 @@
+"""SVI training: ``train(config) -> TrainResult``.
+
+The ELBO is Pyro's own ``Trace_ELBO`` (Monte-Carlo KL) or ``TraceMeanField_ELBO``
+(closed-form KL where one exists), differentiated with autograd and stepped with
+``torch.optim.Adam`` over the VAE's parameters, the pattern of Pyro's
+``examples/svi_torch.py``. The loop adds no host-device synchronisation of its
+own: the loss is summed on the device and read every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from pyro_vae.checkpoint import save_checkpoint, training_state
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import ImageData, ResidentBatches, load_data
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.images import save_reconstructions, save_samples
+from pyro_vae.model import VAE, build_vae
+
+METRICS_FIELDS = ("epoch", "train_loss", "test_loss", "seconds")
+
+
+def make_elbo(name: str) -> ELBO:
+    """``"mc"`` -> ``Trace_ELBO``; ``"analytic"`` -> ``TraceMeanField_ELBO``."""
+    if name == "mc":
+        return Trace_ELBO()
+    if name == "analytic":
+        return TraceMeanField_ELBO()
+    raise ConfigError(f"unknown --elbo {name!r}; choose one of mc, analytic")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when torch sees a GPU, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu or --device auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown --device {name!r}; choose one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def heldout_loss(vae: VAE, elbo: ELBO, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """Negative ELBO per data point (nats) over ``x``, one z draw per point."""
+    total = torch.zeros((), device=x.device)
+    for start in range(0, len(x), batch_size):
+        total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
+    return total.item() / len(x)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model, per-epoch metrics and the run folder."""
+
+    vae: VAE
+    config: TrainConfig
+    metrics: list[dict[str, float]]
+    run_dir: Path
+
+
+def _default_out(config: TrainConfig) -> str:
+    return f"runs/{config.dataset}-{config.net}-{config.elbo}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _prepare_run_dir(out: str) -> Path:
+    run_dir = Path(out)
+    if (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} already holds a run (config.json); pass a new --out folder")
+    for sub in ("", "checkpoints", "images"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
+    """Train a VAE with SVI and write the run folder.
+
+    :param config: all settings; validated first.
+    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks).
+    :returns: the trained VAE, its config (device and folder resolved) and metrics.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    config = replace(config, device=device.type, out=config.out or _default_out(config))
+    if data is None:
+        data = load_data(
+            config.dataset,
+            config.data_dir,
+            download=config.download,
+            test_binarization_seed=config.test_binarization_seed,
+            limit_train=config.limit_train,
+            limit_test=config.limit_test,
+        )
+    if config.batch_size > len(data.train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images; lower it"
+        )
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(data.event_shape, config.net, config.z_dim, config.hidden)
+    vae.likelihood.check_data(data.test, "test images")
+    data = data.to(device)
+    vae.to(device)
+
+    run_dir = _prepare_run_dir(config.out)
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {**config.to_dict(), "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}, indent=2
+        )
+        + "\n"
+    )
+    elbo = make_elbo(config.elbo)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    batches = ResidentBatches(data.train, config.batch_size, generator)
+    # a fixed handful of test images, so every epoch's picture shows the same digits
+    shown = data.test[:8]
+
+    metrics: list[dict[str, float]] = []
+    step = 0
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        csv.writer(f).writerow(METRICS_FIELDS)
+    for epoch in range(1, config.epochs + 1):
+        vae.train()
+        start = time.perf_counter()
+        total = torch.zeros((), device=device)
+        bar = tqdm(
+            total=len(data.train),
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="img",
+            unit_scale=True,
+            disable=not config.progress,
+            leave=False,
+        )
+        seen_at_log, total_at_log = 0, 0.0
+        for i, x in enumerate(batches, 1):
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            step += 1
+            bar.update(len(x))
+            if i % config.log_every == 0 and config.progress:
+                now = total.item()  # the only sync in the loop, once per log interval
+                bar.set_postfix(loss=f"{(now - total_at_log) / (bar.n - seen_at_log):.2f}")
+                seen_at_log, total_at_log = bar.n, now
+        train_loss = total.item() / len(data.train)
+        seconds = time.perf_counter() - start
+        bar.close()
+
+        vae.eval()
+        test_loss = heldout_loss(vae, elbo, data.test, config.eval_batch_size)
+        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+            raise PyroVAEError(
+                f"loss became non-finite in epoch {epoch} (train {train_loss}, test {test_loss}); "
+                f"lower --lr (now {config.lr}); the last good checkpoint is in {run_dir / 'checkpoints'}"
+            )
+        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds}
+        metrics.append(row)
+        with open(run_dir / "metrics.csv", "a", newline="") as f:
+            csv.writer(f).writerow([row[k] for k in METRICS_FIELDS])
+        _write_epoch_files(vae, optimizer, config, run_dir, epoch, step, shown)
+        if config.progress:
+            tqdm.write(
+                f"epoch {epoch}: train {train_loss:.2f}  test {test_loss:.2f} nats/image  "
+                f"{seconds:.1f}s ({len(data.train) / seconds:.0f} img/s)"
+            )
+    return TrainResult(vae, config, metrics, run_dir)
+
+
+def _write_epoch_files(
+    vae: VAE,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    run_dir: Path,
+    epoch: int,
+    step: int,
+    shown: torch.Tensor,
+) -> None:
+    ckpt_dir = run_dir / "checkpoints"
+    save_checkpoint(ckpt_dir / f"epoch{epoch:04d}.pt", training_state(vae, optimizer, config, epoch, step))
+    if config.keep_checkpoints is not None:
+        for old in sorted(ckpt_dir.glob("epoch*.pt"))[: -config.keep_checkpoints]:
+            old.unlink()
+    save_reconstructions(shown, vae.reconstruct(shown), run_dir / "images" / f"reconstructions_epoch{epoch:04d}.png")
+    save_samples(vae.sample(64), run_dir / "images" / f"samples_epoch{epoch:04d}.png")

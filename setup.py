@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pyro_vae",
+    version="0.1.0",
+    description="Variational autoencoders as Pyro models and guides, trained with SVI",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["pyro_vae", "pyro_vae.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "pyro-ppl>=1.9",
+        "torch>=2.2",
+        "torchvision>=0.17",
+        "numpy",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pyro-vae-train=pyro_vae.cli:train_main",
+        ],
+    },
+)
