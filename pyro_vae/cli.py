@@ -17,30 +17,38 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pyro-vae-train",
         description="Train a Pyro VAE with SVI on binarized MNIST or Fashion-MNIST.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    p.add_argument("--data-dir", default=d.data_dir, help="root in torchvision's layout (<dir>/MNIST/raw/...)")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never try to download")
-    p.add_argument("--net", choices=NETS, default=d.net, help="encoder/decoder pair")
-    p.add_argument("--z-dim", type=int, default=d.z_dim, help="latent size")
-    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden), help="MLP hidden widths")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument(
-        "--elbo", choices=ELBOS, default=d.elbo, help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO (closed-form KL)"
+    a = p.add_argument
+    a("--dataset", choices=DATASETS, default=d.dataset, help="dataset (default %(default)s)")
+    a("--data-dir", default=d.data_dir, help="root in torchvision's layout, <dir>/MNIST/raw/ (default %(default)s)")
+    a("--no-download", dest="download", action="store_false", help="fail instead of downloading missing files")
+    a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
+    a("--z-dim", type=int, default=d.z_dim, help="latent size (default %(default)s)")
+    a("--hidden", type=int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
+    a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="images per SVI step (default %(default)s)")
+    a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
+    a(
+        "--elbo",
+        choices=ELBOS,
+        default=d.elbo,
+        help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL (default %(default)s)",
     )
-    p.add_argument("--device", choices=DEVICES, default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--test-binarization-seed", type=int, default=d.test_binarization_seed)
-    p.add_argument("--limit-train", type=int, default=d.limit_train, help="use the first N training images")
-    p.add_argument("--limit-test", type=int, default=d.limit_test, help="use the first N test images")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss read-outs")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="keep the newest N (default all)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<time>)")
+    a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
+    a("--seed", type=int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
+    a(
+        "--test-binarization-seed",
+        type=int,
+        default=d.test_binarization_seed,
+        help="seed of the one fixed binarization of the test set (default %(default)s)",
+    )
+    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training images")
+    a("--limit-test", type=int, default=d.limit_test, help="use only the first N test images")
+    a("--eval-batch-size", type=int, default=d.eval_batch_size, help="test images per chunk (default %(default)s)")
+    a("--log-every", type=int, default=d.log_every, help="steps between loss read-outs (default %(default)s)")
+    a("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
     return p
 
 

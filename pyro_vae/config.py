@@ -89,4 +89,4 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"{_flag(name)} must be a positive integer, got {value}")
 
 
-__all__ = ["TrainConfig", "DATASETS", "NETS", "ELBOS", "DEVICES"]
+__all__ = ["DATASETS", "DEVICES", "ELBOS", "NETS", "TrainConfig"]

@@ -71,9 +71,7 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
 
-def build_vae(
-    event_shape: Sequence[int], net: str = "mlp", z_dim: int = 50, hidden: Sequence[int] = (400,)
-) -> VAE:
+def build_vae(event_shape: Sequence[int], net: str = "mlp", z_dim: int = 50, hidden: Sequence[int] = (400,)) -> VAE:
     """The default VAE: standard-Normal prior, Bernoulli likelihood, ``net`` networks."""
     encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
     return VAE(encoder, decoder, StandardNormalPrior(z_dim), BernoulliLikelihood(), event_shape)

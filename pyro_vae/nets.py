@@ -3,6 +3,7 @@ the likelihood's parameters (logits for Bernoulli) with the data's event shape."
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -36,7 +37,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         widths = [math.prod(event_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.body = nn.Sequential(*layers)
         self.head = GaussianHead(widths[-1], z_dim)
@@ -53,7 +54,7 @@ class MLPDecoder(nn.Module):
         self.event_shape = tuple(event_shape)
         widths = [z_dim, *reversed(hidden)]
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], math.prod(event_shape)))
         self.body = nn.Sequential(*layers)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pyro
 import torch
@@ -116,9 +115,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
 
     run_dir = _prepare_run_dir(config.out)
     (run_dir / "config.json").write_text(
-        json.dumps(
-            {**config.to_dict(), "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}, indent=2
-        )
+        json.dumps({**config.to_dict(), "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}, indent=2)
         + "\n"
     )
     elbo = make_elbo(config.elbo)
@@ -173,11 +170,10 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
         with open(run_dir / "metrics.csv", "a", newline="") as f:
             csv.writer(f).writerow([row[k] for k in METRICS_FIELDS])
         _write_epoch_files(vae, optimizer, config, run_dir, epoch, step, shown)
-        if config.progress:
-            tqdm.write(
-                f"epoch {epoch}: train {train_loss:.2f}  test {test_loss:.2f} nats/image  "
-                f"{seconds:.1f}s ({len(data.train) / seconds:.0f} img/s)"
-            )
+        tqdm.write(
+            f"epoch {epoch}: train {train_loss:.2f}  test {test_loss:.2f} nats/image  "
+            f"{seconds:.1f}s ({len(data.train) / seconds:.0f} img/s)"
+        )
     return TrainResult(vae, config, metrics, run_dir)
 
 

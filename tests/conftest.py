@@ -1,0 +1,57 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.data import ImageData, binarize
+
+# where the real datasets live (torchvision layout); .ci/run sets it
+DATA_ENV = "PYRO_VAE_DATA"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def seed_and_clear_param_store():
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch sees none")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def data_dir() -> str:
+    """The real-data root, or skip."""
+    d = os.environ.get(DATA_ENV)
+    if not d or not (Path(d) / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data absent: set {DATA_ENV} to a folder holding MNIST/raw")
+    return d
+
+
+def make_tiny_data(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), seed: int = 0) -> ImageData:
+    """Synthetic 'images': smooth blobs plus noise, uint8 train and binarized test."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    centers = torch.rand(n, 1, 1, 2, generator=g) * torch.tensor(shape[1:])
+    yy, xx = torch.meshgrid(torch.arange(shape[1]), torch.arange(shape[2]), indexing="ij")
+    grid = torch.stack([yy, xx], -1).float()
+    blob = torch.exp(-((grid - centers) ** 2).sum(-1) / 4.0)  # (n, H, W)
+    img = (255 * blob.unsqueeze(1).expand(n, *shape)).to(torch.uint8)
+    labels = torch.zeros(n, dtype=torch.long)
+    return ImageData("tiny", img[:n_train], labels[:n_train], binarize(img[n_train:], g), labels[n_train:])
+
+
+@pytest.fixture
+def tiny_data() -> ImageData:
+    return make_tiny_data()

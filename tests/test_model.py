@@ -1,0 +1,98 @@
+import inspect
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae import BernoulliLikelihood, build_vae
+from pyro_vae.errors import ConfigError, DataError
+
+
+def traces(vae, x):
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    return model_tr, guide_tr
+
+
+@pytest.mark.parametrize(
+    "net,shape", [("mlp", (1, 28, 28)), ("conv", (1, 28, 28)), ("mlp", (3, 5, 7)), ("conv", (2, 9, 13))]
+)
+def test_sites_shapes_and_event_dims(net, shape):
+    n, z_dim = 5, 6
+    vae = build_vae(shape, net, z_dim=z_dim, hidden=(32, 16))
+    x = torch.bernoulli(torch.full((n, *shape), 0.5))
+    model_tr, guide_tr = traces(vae, x)
+
+    def sample_sites(tr):
+        return {k for k, s in tr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
+
+    model_sites, guide_sites = sample_sites(model_tr), sample_sites(guide_tr)
+    assert model_sites == {"z", "x"}
+    assert guide_sites == {"z"}
+
+    z_prior, z_post, x_site = model_tr.nodes["z"], guide_tr.nodes["z"], model_tr.nodes["x"]
+    for site in (z_prior, z_post, x_site):
+        assert [f.name for f in site["cond_indep_stack"]] == ["data"]
+        assert site["fn"].batch_shape == (n,)
+    assert z_prior["fn"].event_shape == (z_dim,) and z_post["fn"].event_shape == (z_dim,)
+    assert z_post["value"].shape == (n, z_dim)
+    assert x_site["is_observed"] and x_site["fn"].event_shape == shape
+    assert isinstance(x_site["fn"].base_dist, dist.Bernoulli)
+    assert z_post["fn"].has_rsample
+    assert vae.sample(3).shape == (3, *shape)
+    assert vae.reconstruct(x).shape == x.shape
+
+
+def test_model_and_guide_share_signature():
+    vae = build_vae((1, 4, 4), z_dim=2, hidden=(8,))
+    assert inspect.signature(vae.model) == inspect.signature(vae.guide)
+
+
+def test_prior_parameters_are_buffers_that_follow_to():
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(8,))
+    assert {"prior.loc", "prior.scale"} <= {name for name, _ in vae.named_buffers()}
+    assert "prior.loc" in vae.state_dict()
+    vae.to(torch.float64)
+    p = vae.prior()
+    assert p.base_dist.loc.dtype == torch.float64 and p.base_dist.scale.dtype == torch.float64
+    torch.testing.assert_close(p.base_dist.scale, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.cuda
+def test_prior_follows_to_cuda():
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(8,)).to("cuda")
+    assert vae.prior().base_dist.loc.is_cuda
+    x = torch.bernoulli(torch.full((2, 1, 4, 4), 0.5, device="cuda"))
+    model_tr, _ = traces(vae, x)
+    assert model_tr.nodes["x"]["fn"].base_dist.logits.is_cuda
+
+
+def test_bernoulli_takes_logits_and_stays_finite_when_saturated():
+    lik = BernoulliLikelihood()
+    logits = torch.tensor([[200.0, -200.0, 0.0]])
+    d = lik(logits, event_dim=1)
+    assert d.base_dist.logits is logits
+    # x=0 where the logit is +200: the exact log-likelihood is -200; sigmoid-then-log gives -inf
+    lp = d.log_prob(torch.tensor([[0.0, 1.0, 1.0]]))
+    torch.testing.assert_close(lp, torch.tensor([-400.0 - torch.log(torch.tensor(2.0)).item()]))
+
+
+def test_bernoulli_rejects_grayscale_with_a_clear_message():
+    expected = r"Bernoulli likelihood needs binary test images \(0 or 1\), found 0.5; binarize"
+    with pytest.raises(DataError, match=expected):
+        BernoulliLikelihood().check_data(torch.tensor([0.0, 0.5, 1.0]), "test images")
+
+
+def test_conv_refuses_non_image_shapes():
+    with pytest.raises(ConfigError, match=r"--net conv needs images shaped \(channels, height, width\), got \(784,\)"):
+        build_vae((784,), "conv")
+
+
+def test_no_pixel_count_is_hard_coded():
+    vae = build_vae((1, 10, 12), "mlp", z_dim=4, hidden=(16,))
+    assert vae.encoder.body[1].in_features == 120
+    assert vae.decoder.body[-1].out_features == 120
+    pyro.clear_param_store()

@@ -1,0 +1,116 @@
+import csv
+import json
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import TrainConfig, build_vae, heldout_loss, load_run, train
+from pyro_vae.errors import ConfigError
+
+
+def tiny_config(tmp_path, name="run", **kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=32, z_dim=3, hidden=(24,), progress=False, out=str(tmp_path / name))
+    return TrainConfig(**{**base, **kw})
+
+
+def params(vae):
+    return {k: v.detach().clone() for k, v in vae.named_parameters()}
+
+
+def test_one_svi_step_changes_parameters_and_evaluating_does_not(tiny_data):
+    vae = build_vae(tiny_data.event_shape, z_dim=3, hidden=(16,))
+    x = tiny_data.test[:16]
+    elbo = Trace_ELBO()
+    before = params(vae)
+    heldout_loss(vae, elbo, tiny_data.test, batch_size=7)
+    elbo.loss(vae.model, vae.guide, x)
+    assert all(torch.equal(before[k], v) for k, v in params(vae).items())
+
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    elbo.differentiable_loss(vae.model, vae.guide, x).backward()
+    opt.step()
+    after = params(vae)
+    assert all(not torch.equal(before[k], after[k]) for k in before), "every parameter should move"
+
+
+@pytest.mark.parametrize("net,elbo", [("mlp", "mc"), ("mlp", "analytic"), ("conv", "mc")])
+def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
+    cfg = tiny_config(tmp_path, net=net, elbo=elbo)
+    result = train(cfg, data=tiny_data)
+    run = result.run_dir
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "versions"} == result.config.to_dict()
+    assert saved["device"] == "cpu" and saved["versions"]["pyro"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "train_loss", "test_loss", "seconds"}
+    for epoch in (1, 2):
+        assert (run / "checkpoints" / f"epoch{epoch:04d}.pt").is_file()
+        assert (run / "images" / f"reconstructions_epoch{epoch:04d}.png").is_file()
+        assert (run / "images" / f"samples_epoch{epoch:04d}.png").is_file()
+    state = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=False)
+    assert {"model", "optimizer", "param_store", "epoch", "step", "config"} <= set(state)
+    assert state["epoch"] == 2 and state["step"] == 2 * 3  # 96 images / 32 per batch
+
+
+def test_loss_goes_down(tmp_path, tiny_data):
+    result = train(tiny_config(tmp_path, epochs=6, lr=3e-3), data=tiny_data)
+    losses = [m["train_loss"] for m in result.metrics]
+    assert losses[-1] < losses[0] - 5
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, tiny_data):
+    def losses(name, seed):
+        m = train(tiny_config(tmp_path, name, seed=seed), data=tiny_data).metrics
+        return [(r["train_loss"], r["test_loss"]) for r in m]
+
+    a, b, c = losses("a", 0), losses("b", 0), losses("c", 1)
+    assert a == b
+    assert a != c
+
+
+def test_loaded_run_reproduces_the_heldout_loss(tmp_path, tiny_data):
+    result = train(tiny_config(tmp_path, elbo="analytic"), data=tiny_data)
+    vae, config, state = load_run(result.run_dir)
+    assert config == result.config and state["epoch"] == 2
+    for a, b in zip(vae.state_dict().values(), result.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_keep_checkpoints_prunes_old_ones(tmp_path, tiny_data):
+    result = train(tiny_config(tmp_path, epochs=3, keep_checkpoints=1), data=tiny_data)
+    assert [p.name for p in (result.run_dir / "checkpoints").iterdir()] == ["epoch0003.pt"]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(z_dim=0), "--z-dim must be a positive integer, got 0"),
+        (dict(lr=0.0), "--lr must be > 0, got 0.0; e.g. --lr 1e-3"),
+        (dict(net="rnn"), "unknown --net 'rnn'; choose one of mlp, conv"),
+        (dict(elbo="iwae"), "unknown --elbo 'iwae'; choose one of mc, analytic"),
+        (dict(batch_size=1000), "--batch-size 1000 is larger than the 96 training images; lower it"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(tmp_path, tiny_data, change, message):
+    cfg = tiny_config(tmp_path, **change)
+    with pytest.raises(ConfigError) as info:
+        train(cfg, data=tiny_data)
+    assert str(info.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
+    train(tiny_config(tmp_path, epochs=1), data=tiny_data)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(tmp_path, epochs=1), data=tiny_data)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("elbo", ["mc", "analytic"])
+def test_trains_on_cuda(tmp_path, tiny_data, elbo):
+    result = train(tiny_config(tmp_path, device="cuda", elbo=elbo), data=tiny_data)
+    assert result.config.device == "cuda"
+    assert next(result.vae.parameters()).is_cuda and result.vae.prior().base_dist.loc.is_cuda
+    assert all(torch.isfinite(torch.tensor(m["test_loss"])) for m in result.metrics)
