@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "pyro-vae-train=pyro_vae.cli:train_main",
+            "pyro-vae-evaluate=pyro_vae.cli:evaluate_main",
         ],
     },
 )

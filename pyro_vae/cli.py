@@ -78,3 +78,80 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         )
 
     return _run(go)
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pyro-vae-evaluate",
+        description="Held-out ELBO (both KL estimators) and importance-sampled log-likelihood of a trained run.",
+    )
+    a = p.add_argument
+    a("run_dir", help="run folder written by pyro-vae-train")
+    a("--k", type=int, nargs="+", default=[5000], help="importance samples K, one or more (default 5000)")
+    a("--split", choices=("test", "train"), default="test", help="data to score (default %(default)s)")
+    a("--checkpoint", default=None, help="checkpoint file (default: the run's newest)")
+    a("--data-dir", default=None, help="data root (default: the run's --data-dir)")
+    a("--limit", type=int, default=None, help="score only the first N images")
+    a("--batch-size", type=int, default=100, help="images per chunk (default %(default)s)")
+    a("--elbo-particles", type=int, default=1, help="z draws per image for the ELBO (default %(default)s)")
+    a("--seed", type=int, default=0, help="seed of every draw (default %(default)s)")
+    a("--device", choices=DEVICES, default="auto", help="default %(default)s")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--out", default=None, help="JSON file to write (default RUN_DIR/eval.json)")
+    return p
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``pyro-vae-evaluate``: score a run on held-out data, print a table, write eval.json."""
+    args = evaluate_parser().parse_args(argv)
+
+    def go() -> None:
+        import json
+        from pathlib import Path
+
+        from pyro_vae.checkpoint import latest_checkpoint, load_run
+        from pyro_vae.data import heldout_images
+        from pyro_vae.evaluate import evaluate, format_table
+        from pyro_vae.training import resolve_device
+
+        for name in ("batch_size", "elbo_particles"):
+            if getattr(args, name) < 1:
+                raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+        if min(args.k) < 1:
+            raise PyroVAEError(f"--k must be positive sample counts, got {args.k}")
+        device = resolve_device(args.device)
+        ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
+        vae, config, state = load_run(args.run_dir, ckpt, device)
+        x, _ = heldout_images(
+            config.dataset,
+            args.data_dir or config.data_dir,
+            args.split,
+            seed=config.test_binarization_seed,
+            download=config.download,
+            limit=args.limit,
+        )
+        vae.likelihood.check_data(x, f"{args.split} images")
+        result = evaluate(
+            vae,
+            x.to(device),
+            args.k,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            elbo_particles=args.elbo_particles,
+            progress=args.progress,
+        )
+        result = {
+            "run_dir": str(args.run_dir),
+            "checkpoint": str(ckpt),
+            "epoch": state["epoch"],
+            "split": args.split,
+            "device": device.type,
+            **result,
+        }
+        out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{args.run_dir}  epoch {state['epoch']}  {args.split} split, {len(x)} images, {device.type}")
+        print(format_table(result))
+        print(f"IS evaluation took {result['nll_seconds']:.1f}s; wrote {out}")
+
+    return _run(go)

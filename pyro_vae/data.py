@@ -111,12 +111,36 @@ def load_data(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> ImageData:
-    """Load a dataset and binarize its test set once, on the CPU, with a fixed seed."""
+    """Load a dataset and binarize its test set once, on the CPU, with a fixed seed
+    (the whole test set, then ``limit_test``, so a limited run sees the same bits)."""
     x_train, y_train, x_test, y_test = load_raw(name, data_dir, download)
-    x_train, y_train = x_train[:limit_train], y_train[:limit_train]
-    x_test, y_test = x_test[:limit_test], y_test[:limit_test]
-    g = torch.Generator().manual_seed(test_binarization_seed)
-    return ImageData(name, x_train, y_train, binarize(x_test, g), y_test)
+    test = _fixed_binarization(x_test, test_binarization_seed)[:limit_test]
+    return ImageData(name, x_train[:limit_train], y_train[:limit_train], test, y_test[:limit_test])
+
+
+def _fixed_binarization(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return binarize(images, torch.Generator().manual_seed(seed))
+
+
+def heldout_images(
+    name: str,
+    data_dir: str,
+    split: str = "test",
+    *,
+    seed: int = 0,
+    download: bool = True,
+    limit: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split binarized once with ``seed``, for evaluation; ``"test"`` with the run's
+    ``test_binarization_seed`` is exactly the test set it was trained against.
+
+    :returns: ``(images, labels)``, images float32 in {0, 1}.
+    """
+    if split not in ("test", "train"):
+        raise DataError(f"unknown split {split!r}; choose test or train")
+    x_train, y_train, x_test, y_test = load_raw(name, data_dir, download)
+    x, y = (x_test, y_test) if split == "test" else (x_train, y_train)
+    return _fixed_binarization(x, seed)[:limit], y[:limit]
 
 
 class ResidentBatches:

@@ -34,3 +34,26 @@ class BernoulliLikelihood(nn.Module):
                 f"Bernoulli likelihood needs binary {what} (0 or 1), found {v:g}; "
                 "binarize the pixels (pyro_vae.data.binarize) or use a likelihood for intensities"
             )
+
+
+class NormalLikelihood(nn.Module):
+    """p(x|z) = Normal(decoder(z), scale) with a fixed, stated ``scale`` (the "MSE" loss with its
+    constant made explicit). Expects real-valued, finite data."""
+
+    scale: torch.Tensor
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"NormalLikelihood scale must be > 0, got {scale}")
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        return dist.Normal(loc, self.scale).to_event(event_dim)
+
+    def mean(self, loc: torch.Tensor) -> torch.Tensor:
+        return loc
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        if not torch.isfinite(x).all():
+            raise DataError(f"Normal likelihood needs finite {what}; found NaN or Inf values")

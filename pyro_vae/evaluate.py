@@ -1,0 +1,285 @@
+"""Held-out evaluation from the Pyro traces of a model/guide pair.
+
+* :func:`elbo_terms`: the ELBO per data point, split into the expected
+  reconstruction log-likelihood and the KL term, with the KL either Monte-Carlo
+  (as ``Trace_ELBO``) or closed-form where one exists (as ``TraceMeanField_ELBO``).
+* :func:`importance_log_likelihood`: log p(x) ≈ logsumexp_k [log p(x, z_k) − log q(z_k|x)] − log K,
+  z_k ~ q(z|x), vectorised over data points and samples and streamed over chunks of
+  samples, so K = 5000 fits in memory. Every requested K is read off one pass over
+  the samples (the first K of them), so K = 1, 50, 1000, 5000 cost one K = 5000 pass.
+  For a given K the expectation of the estimate is the IWAE bound L_K.
+
+Both work for any model whose data points sit in ``pyro.plate("data")`` and whose
+guide has a sample site for each latent site of the model: the samples get an
+extra ``pyro.plate("particles")`` to the left of the model's plates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import kl_divergence
+from tqdm.auto import tqdm
+
+from pyro_vae.model import VAE
+
+# decoder outputs held at once by the IS estimator: samples x images x pixels (float32 -> ~256 MB)
+_ELEMENT_BUDGET = 2**26
+
+
+@dataclass
+class Estimate:
+    """A per-data-point average and its standard error over data points."""
+
+    mean: float
+    se: float
+
+    @classmethod
+    def of(cls, values: torch.Tensor) -> Estimate:
+        v = values.double()
+        se = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+        return cls(v.mean().item(), se)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run with the torch RNG (CPU and ``device``) seeded, restoring the caller's state after."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _max_plate_nesting(vae: VAE, x: torch.Tensor) -> int:
+    # a dry run on one data point, with the RNG put back so it does not shift the real draws
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        guide_tr = poutine.trace(vae.guide).get_trace(x[:1])
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x[:1])
+    dims = [-f.dim for tr in (guide_tr, model_tr) for s in tr.nodes.values() for f in s.get("cond_indep_stack", ())]
+    return max(dims, default=0)
+
+
+def _particle_traces(
+    vae: VAE, x: torch.Tensor, num_samples: int, dim: int, latents: dict[str, torch.Tensor] | None = None
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """Guide and model traces with ``num_samples`` draws per data point, in a plate at ``dim``.
+
+    ``latents`` (site -> value shaped ``(num_samples, N, ...)``) replaces the guide's draws."""
+    with pyro.plate("particles", num_samples, dim=dim):
+        if latents is None:
+            guide_tr = poutine.trace(vae.guide).get_trace(x)
+            model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+        else:
+            guide_tr = poutine.trace(poutine.condition(vae.guide, data=latents)).get_trace(x)
+            model_tr = poutine.trace(poutine.condition(vae.model, data=latents)).get_trace(x)
+    return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
+
+
+def _log_prob(site: dict) -> torch.Tensor:
+    # unscaled: evaluation scores the model itself, whatever poutine.scale training used
+    return site["fn"].log_prob(site["value"])
+
+
+def log_importance_weights(
+    vae: VAE, x: torch.Tensor, num_samples: int, latents: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """log p(x, z_s) − log q(z_s|x) for ``num_samples`` draws z_s ~ q(z|x) per data point.
+
+    :param x: data ``(N, *event_shape)``.
+    :param latents: optional draws to score instead of sampling (``{"z": (S, N, z_dim)}``).
+    :returns: ``(S, N)`` log weights.
+    """
+    dim = -1 - _max_plate_nesting(vae, x)
+    model_tr, guide_tr = _particle_traces(vae, x, num_samples, dim, latents)
+    return _log_weights(model_tr, guide_tr, len(x))
+
+
+def _log_weights(model_tr: poutine.Trace, guide_tr: poutine.Trace, n: int) -> torch.Tensor:
+    log_w = 0.0
+    for tr, sign in ((model_tr, 1.0), (guide_tr, -1.0)):
+        for name, site in tr.nodes.items():
+            if site["type"] == "sample":
+                log_w = log_w + sign * _per_point(_log_prob(site), n, name)
+    assert isinstance(log_w, torch.Tensor)
+    return log_w
+
+
+def _per_point(lp: torch.Tensor, n: int, name: str = "site") -> torch.Tensor:
+    """Check that a site's log-prob is one number per draw and data point: ``(S, N)``."""
+    if lp.dim() != 2 or lp.shape[1] != n:
+        raise ValueError(
+            f"sample site {name!r} has log-prob shape {tuple(lp.shape)}, expected (samples, {n}); "
+            "per-data-point evaluation needs every sample site inside pyro.plate('data') with .to_event() "
+            "over the rest"
+        )
+    return lp
+
+
+@torch.no_grad()
+def elbo_terms(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    analytic_kl: bool,
+    num_particles: int = 1,
+    batch_size: int = 1000,
+    seed: int | None = 0,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Per-data-point ELBO terms: E_q[log p(x|z)] and KL(q(z|x) || p(z)).
+
+    :param analytic_kl: closed-form KL for each latent site where torch knows one
+        (as ``TraceMeanField_ELBO``), else the Monte-Carlo log q − log p (as ``Trace_ELBO``).
+    :param num_particles: z draws per data point, averaged.
+    :returns: ``(reconstruction, kl, kl_kinds)``: ``(N,)`` tensors in nats, ELBO = reconstruction − kl,
+        and for each latent site how its KL was computed, e.g. ``["z: analytic"]``.
+    """
+    recon, kl, kinds = [], [], {}
+    with seeded(seed, x.device):
+        dim = -1 - _max_plate_nesting(vae, x)
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            model_tr, guide_tr = _particle_traces(vae, xb, num_particles, dim)
+            r = kl_b = torch.zeros((), device=x.device)
+            for name, site in model_tr.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if site["is_observed"]:
+                    r = r + _per_point(_log_prob(site), len(xb), name)
+                    continue
+                q = guide_tr.nodes[name]
+                term, kinds[name] = None, "Monte-Carlo"
+                if analytic_kl:
+                    try:
+                        term, kinds[name] = kl_divergence(q["fn"], site["fn"]), "analytic"
+                    except NotImplementedError:
+                        kinds[name] = "Monte-Carlo (no closed form)"
+                if term is None:
+                    term = _log_prob(q) - _log_prob(site)
+                kl_b = kl_b + _per_point(term, len(xb), name)
+            recon.append(r.mean(0))
+            kl.append(kl_b.mean(0))
+    return torch.cat(recon), torch.cat(kl), [f"{k}: {v}" for k, v in kinds.items()]
+
+
+@torch.no_grad()
+def importance_log_likelihood(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int | Sequence[int] = 5000,
+    *,
+    batch_size: int = 100,
+    sample_chunk: int | None = None,
+    seed: int | None = 0,
+    latents: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> dict[int, torch.Tensor]:
+    """Importance-sampled log p(x) per data point, for one or several K, from one pass of samples.
+
+    :param x: data ``(N, *event_shape)`` on the model's device.
+    :param num_samples: K, or several K; each estimate uses the first K draws.
+    :param batch_size: data points per chunk.
+    :param sample_chunk: draws per chunk; default fits ~2**26 decoder outputs in memory.
+    :param seed: seeds the draws (restoring the caller's RNG after); None uses the global RNG.
+    :param latents: pre-drawn latents ``{"z": (K_max, N, z_dim)}`` to score instead of sampling.
+    :returns: ``{K: (N,) tensor}`` of log p̂(x) in nats.
+    """
+    ks = sorted({num_samples} if isinstance(num_samples, int) else set(num_samples))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"numbers of samples must be >= 1, got {num_samples}")
+    k_max = ks[-1]
+    per_point = math.prod(vae.event_shape)
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    bar = tqdm(total=len(x), unit="img", desc=f"log p(x), K={k_max}", disable=not progress, leave=False)
+    with seeded(seed, x.device):
+        dim = -1 - _max_plate_nesting(vae, x)
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            chunk = sample_chunk or max(1, _ELEMENT_BUDGET // (len(xb) * per_point))
+            acc = torch.full((len(xb),), -math.inf, device=x.device)
+            done = 0
+            for k in ks:
+                while done < k:
+                    s = min(chunk, k - done)
+                    lat = None
+                    if latents is not None:
+                        lat = {n: v[done : done + s, start : start + len(xb)] for n, v in latents.items()}
+                    model_tr, guide_tr = _particle_traces(vae, xb, s, dim, lat)
+                    acc = torch.logaddexp(acc, _log_weights(model_tr, guide_tr, len(xb)).logsumexp(0))
+                    done += s
+                out[k].append(acc - math.log(k))
+            bar.update(len(xb))
+    bar.close()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def bits_per_dim(nats_per_point: float, dims: int) -> float:
+    """Convert −log p(x) in nats per data point to bits per dimension."""
+    return nats_per_point / (dims * math.log(2))
+
+
+def evaluate(
+    vae: VAE,
+    x: torch.Tensor,
+    ks: Sequence[int] = (5000,),
+    *,
+    seed: int = 0,
+    batch_size: int = 100,
+    elbo_particles: int = 1,
+    progress: bool = False,
+) -> dict:
+    """All held-out numbers for ``x``: both ELBOs with their terms, and −log p(x) for each K.
+
+    Values are per data point, in nats, each with its standard error over data points;
+    ``bits_per_dim`` divides −log p(x) by the number of dimensions times ln 2.
+    """
+    dims = math.prod(vae.event_shape)
+    result: dict = {"num_points": len(x), "dims": dims, "seed": seed, "elbo": {}, "nll": {}}
+    for name, analytic in (("mc", False), ("analytic", True)):
+        start = time.perf_counter()
+        recon, kl, kinds = elbo_terms(
+            vae, x, analytic_kl=analytic, num_particles=elbo_particles, batch_size=10 * batch_size, seed=seed
+        )
+        result["elbo"][name] = {
+            "neg_elbo": Estimate.of(kl - recon).to_dict(),
+            "reconstruction": Estimate.of(recon).to_dict(),
+            "kl": Estimate.of(kl).to_dict(),
+            "kl_kind": kinds,
+            "seconds": time.perf_counter() - start,
+        }
+    start = time.perf_counter()
+    ll = importance_log_likelihood(vae, x, ks, batch_size=batch_size, seed=seed, progress=progress)
+    seconds = time.perf_counter() - start
+    for k, v in ll.items():
+        nll = Estimate.of(-v)
+        result["nll"][str(k)] = {**nll.to_dict(), "bits_per_dim": bits_per_dim(nll.mean, dims)}
+    result["nll_seconds"] = seconds
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The evaluation as an aligned text table."""
+    rows = [("quantity", "nats/point", "s.e.", "")]
+    labels = {"mc": "Trace_ELBO (MC KL)", "analytic": "TraceMeanField_ELBO (exact KL)"}
+    for name, e in result["elbo"].items():
+        rows.append((f"-ELBO, {labels[name]}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
+        rows.append(("  reconstruction E[log p(x|z)]", f"{e['reconstruction']['mean']:.3f}", "", ""))
+        rows.append((f"  KL ({', '.join(e['kl_kind'])})", f"{e['kl']['mean']:.3f}", "", ""))
+    for k, e in result["nll"].items():
+        rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
