@@ -283,3 +283,23 @@ def format_table(result: dict) -> str:
         rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+def estimator_variance(vae: VAE, elbo, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, float]:
+    """Spread of an ELBO estimator at fixed parameters: ``draws`` independent evaluations of the
+    loss and of its gradient on the batch ``x``.
+
+    :returns: ``loss_mean`` and ``loss_var`` (per image), and ``grad_var``: the summed variance of
+        every gradient coordinate (the trace of the gradient's covariance), for the whole batch.
+    """
+    params = [p for p in vae.parameters() if p.requires_grad]
+    losses, grads = [], []
+    with seeded(seed, x.device):
+        for _ in range(draws):
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+            g = torch.autograd.grad(loss, params)
+            losses.append(loss.detach() / len(x))
+            grads.append(torch.cat([t.reshape(-1) for t in g]))
+    lv = torch.stack(losses).double()
+    gv = torch.stack(grads).double()
+    return {"loss_mean": lv.mean().item(), "loss_var": lv.var().item(), "grad_var": gv.var(0).sum().item()}

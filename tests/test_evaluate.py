@@ -202,3 +202,15 @@ def test_evaluate_command_on_a_missing_run_is_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no checkpoint in") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.cuda
+def test_is_estimate_on_cuda_matches_cpu_for_the_same_draws():
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(16,))
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.5))
+    loc, scale = vae.encoder(x)
+    z = (loc + scale * torch.randn(11, *loc.shape)).detach()
+    cpu = importance_log_likelihood(vae, x, 11, latents={"z": z})[11]
+    gpu = importance_log_likelihood(vae.to("cuda"), x.cuda(), 11, latents={"z": z.cuda()})[11]
+    assert gpu.is_cuda
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-3)
