@@ -4,32 +4,67 @@ from pyro_vae.checkpoint import load_run
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, binarize, load_data
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
-from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+    LaplaceLikelihood,
+    NormalLikelihood,
+    build_likelihood,
+)
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, build_networks
-from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.training import TrainResult, heldout_loss, make_elbo, train
+from pyro_vae.objectives import IWAE_ELBO, kl_weight, make_elbo
+from pyro_vae.priors import (
+    PRIORS,
+    LaplacePrior,
+    LearnedNormalPrior,
+    MixtureOfGaussiansPrior,
+    StandardNormalPrior,
+    StudentTPrior,
+    VampPrior,
+    build_prior,
+)
+from pyro_vae.training import TrainResult, heldout_loss, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IWAE_ELBO",
+    "LIKELIHOODS",
+    "PRIORS",
     "VAE",
     "BernoulliLikelihood",
     "ConfigError",
+    "ContinuousBernoulliLikelihood",
     "ConvDecoder",
     "ConvEncoder",
     "DataError",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
     "ImageData",
+    "LaplaceLikelihood",
+    "LaplacePrior",
+    "LearnedNormalPrior",
     "MLPDecoder",
     "MLPEncoder",
+    "MixtureOfGaussiansPrior",
+    "NormalLikelihood",
     "PyroVAEError",
     "StandardNormalPrior",
+    "StudentTPrior",
     "TrainConfig",
     "TrainResult",
+    "VampPrior",
     "binarize",
+    "build_likelihood",
     "build_networks",
+    "build_prior",
     "build_vae",
     "heldout_loss",
+    "kl_weight",
     "load_data",
     "load_run",
     "make_elbo",

@@ -73,7 +73,15 @@ def load_run(
     except Exception as exc:
         raise PyroVAEError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
     config = TrainConfig.from_dict(state["config"])
-    vae = build_vae(state["event_shape"], config.net, config.z_dim, config.hidden)
+    vae = build_vae(
+        state["event_shape"],
+        config.net,
+        config.z_dim,
+        config.hidden,
+        config.prior,
+        config.likelihood,
+        config.likelihood_scale,
+    )
     vae.load_state_dict(state["model"])
     pyro.get_param_store().set_state(state["param_store"])
     return vae.to(device).eval(), config, state

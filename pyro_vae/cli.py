@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_vae.config import DATASETS, DEVICES, ELBOS, NETS, TrainConfig
+from pyro_vae.config import DATASETS, DEVICES, ELBOS, LIKELIHOOD_NAMES, NETS, PRIOR_NAMES, SCHEDULES, TrainConfig
 from pyro_vae.errors import PyroVAEError
 
 
@@ -25,6 +25,14 @@ def train_parser() -> argparse.ArgumentParser:
     a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
     a("--z-dim", type=int, default=d.z_dim, help="latent size (default %(default)s)")
     a("--hidden", type=int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
+    a("--prior", choices=PRIOR_NAMES, default=d.prior, help="p(z) (default %(default)s)")
+    a("--likelihood", choices=LIKELIHOOD_NAMES, default=d.likelihood, help="p(x|z) (default %(default)s)")
+    a(
+        "--likelihood-scale",
+        type=float,
+        default=d.likelihood_scale,
+        help="fixed scale of normal/laplace, initial scale of normal-image/-pixel (default %(default)s)",
+    )
     a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="images per SVI step (default %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
@@ -32,8 +40,15 @@ def train_parser() -> argparse.ArgumentParser:
         "--elbo",
         choices=ELBOS,
         default=d.elbo,
-        help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL (default %(default)s)",
+        help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL; iwae: importance-weighted "
+        "bound (default %(default)s)",
     )
+    a("--particles", type=int, default=d.particles, help="K for --elbo iwae (default %(default)s)")
+    a("--beta", type=float, default=d.beta, help="KL weight (default %(default)s)")
+    a("--kl-schedule", choices=SCHEDULES, default=d.kl_schedule, help="KL weight schedule (default %(default)s)")
+    a("--warmup", type=float, default=d.warmup, help="linear warm-up length (default %(default)s)")
+    a("--warmup-unit", choices=("epochs", "steps"), default=d.warmup_unit, help="default %(default)s")
+    a("--cycles", type=int, default=d.cycles, help="cycles of the cyclical schedule (default %(default)s)")
     a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
     a("--seed", type=int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
     a(
@@ -126,6 +141,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             config.dataset,
             args.data_dir or config.data_dir,
             args.split,
+            kind=vae.likelihood.data_kind,
             seed=config.test_binarization_seed,
             download=config.download,
             limit=args.limit,

@@ -1,9 +1,10 @@
-"""Datasets as device-resident tensors, and binarization for the Bernoulli likelihood.
+"""Datasets as device-resident tensors, prepared for the likelihood's kind of data.
 
-Training images stay as uint8 intensities on the training device and are
-binarized afresh for every batch (dynamic binarization); the test set is
-binarized once, with its own seed, on the CPU so that held-out numbers are the
-same on every device and every run.
+Training images stay as uint8 intensities on the training device and are prepared
+per batch: for binary data (Bernoulli) binarized afresh every epoch (dynamic
+binarization), for ``"unit"`` data scaled to [0, 1], for ``"byte"`` data kept as
+0..255. The test set is prepared once; binary test data are binarized once, with
+their own seed, on the CPU, so held-out numbers are the same on every device and run.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ _RAW_FILES = (
 class ImageData:
     """One dataset, train and test, ready for training.
 
-    :param train: uint8 intensities, shape ``(N, C, H, W)``, binarized per batch.
-    :param test: binarized test images, float32 in {0, 1}, shape ``(M, C, H, W)``.
+    :param train: uint8 intensities, shape ``(N, C, H, W)``, prepared per batch.
+    :param test: test images prepared once for ``kind``, float32, shape ``(M, C, H, W)``.
+    :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :mod:`pyro_vae.likelihoods`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class ImageData:
     train_labels: torch.Tensor
     test: torch.Tensor
     test_labels: torch.Tensor
+    kind: str = "binary"
 
     @property
     def event_shape(self) -> torch.Size:
@@ -58,6 +61,7 @@ class ImageData:
             self.train_labels.to(device),
             self.test.to(device),
             self.test_labels.to(device),
+            self.kind,
         )
 
 
@@ -102,24 +106,54 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
     return torch.bernoulli(probs, generator=generator)
 
 
+DATA_KINDS = ("binary", "unit", "byte")
+
+
+def prepare(images: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 intensities -> float32 data of ``kind``: binarized with ``generator``, scaled to
+    [0, 1], or 8-bit values as floats."""
+    if kind == "binary":
+        return binarize(images, generator)
+    if kind == "unit":
+        return images.float() / 255
+    if kind == "byte":
+        return images.float()
+    raise DataError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+
+
 def load_data(
     name: str,
     data_dir: str,
     *,
+    kind: str = "binary",
     download: bool = True,
     test_binarization_seed: int = 0,
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> ImageData:
-    """Load a dataset and binarize its test set once, on the CPU, with a fixed seed
-    (the whole test set, then ``limit_test``, so a limited run sees the same bits)."""
-    x_train, y_train, x_test, y_test = load_raw(name, data_dir, download)
-    test = _fixed_binarization(x_test, test_binarization_seed)[:limit_test]
-    return ImageData(name, x_train[:limit_train], y_train[:limit_train], test, y_test[:limit_test])
+    """Load a dataset and prepare its test set once for ``kind``. Binary test data are binarized
+    on the CPU with a fixed seed (the whole test set, then ``limit_test``, so a limited run sees
+    the same bits)."""
+    raw = load_raw(name, data_dir, download)
+    return from_raw(name, raw, kind, test_binarization_seed, limit_train, limit_test)
 
 
-def _fixed_binarization(images: torch.Tensor, seed: int) -> torch.Tensor:
-    return binarize(images, torch.Generator().manual_seed(seed))
+def from_raw(
+    name: str,
+    raw: tuple[torch.Tensor, ...],
+    kind: str,
+    test_binarization_seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> ImageData:
+    """:class:`ImageData` from :func:`load_raw`'s tensors, the test set prepared once for ``kind``."""
+    x_train, y_train, x_test, y_test = raw
+    test = _fixed(x_test, kind, test_binarization_seed)[:limit_test]
+    return ImageData(name, x_train[:limit_train], y_train[:limit_train], test, y_test[:limit_test], kind)
+
+
+def _fixed(images: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
+    return prepare(images, kind, torch.Generator().manual_seed(seed))
 
 
 def heldout_images(
@@ -127,37 +161,40 @@ def heldout_images(
     data_dir: str,
     split: str = "test",
     *,
+    kind: str = "binary",
     seed: int = 0,
     download: bool = True,
     limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split binarized once with ``seed``, for evaluation; ``"test"`` with the run's
-    ``test_binarization_seed`` is exactly the test set it was trained against.
+    """A split prepared once for ``kind`` (binary data binarized with ``seed``), for evaluation;
+    ``"test"`` with the run's ``test_binarization_seed`` is exactly the test set it was trained against.
 
-    :returns: ``(images, labels)``, images float32 in {0, 1}.
+    :returns: ``(images, labels)``, images float32.
     """
     if split not in ("test", "train"):
         raise DataError(f"unknown split {split!r}; choose test or train")
     x_train, y_train, x_test, y_test = load_raw(name, data_dir, download)
     x, y = (x_test, y_test) if split == "test" else (x_train, y_train)
-    return _fixed_binarization(x, seed)[:limit], y[:limit]
+    return _fixed(x, kind, seed)[:limit], y[:limit]
 
 
 class ResidentBatches:
-    """Shuffled, freshly binarized training batches sliced from a tensor already on the device.
+    """Shuffled training batches sliced from a tensor already on the device, prepared per batch.
 
-    No DataLoader, no host-device copies: each epoch draws a permutation and the
-    Bernoulli pixels with ``generator`` on the images' device.
+    No DataLoader, no host-device copies: each epoch draws a permutation (and, for binary
+    data, fresh Bernoulli pixels) with ``generator`` on the images' device.
 
     :param images: uint8 intensities ``(N, C, H, W)`` on the training device.
     :param batch_size: images per step; the last batch of an epoch may be smaller.
     :param generator: RNG on the same device as ``images``.
+    :param kind: the likelihood's data kind.
     """
 
-    def __init__(self, images: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, images: torch.Tensor, batch_size: int, generator: torch.Generator, kind: str = "binary") -> None:
         self.images = images
         self.batch_size = batch_size
         self.generator = generator
+        self.kind = kind
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
@@ -166,4 +203,4 @@ class ResidentBatches:
         n = len(self.images)
         perm = torch.randperm(n, device=self.images.device, generator=self.generator)
         for start in range(0, n, self.batch_size):
-            yield binarize(self.images[perm[start : start + self.batch_size]], self.generator)
+            yield prepare(self.images[perm[start : start + self.batch_size]], self.kind, self.generator)

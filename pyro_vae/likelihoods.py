@@ -1,20 +1,72 @@
-"""Likelihoods p(x|z): they turn decoder output into a distribution over one data point."""
+"""Likelihoods p(x|z): each turns decoder output into a distribution over one data point,
+states the data it expects (``data_kind``), and refuses data outside its support.
+
+Data kinds, prepared by :func:`pyro_vae.data.prepare`:
+
+* ``"binary"``: pixels in {0, 1} (training images binarized afresh each epoch);
+* ``"unit"``: intensities in [0, 1];
+* ``"byte"``: 8-bit values 0, 1, …, 255.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro.distributions import TorchDistribution, constraints
 from torch import nn
+from torch.distributions.utils import broadcast_all
 
-from pyro_vae.errors import DataError
+from pyro_vae.errors import ConfigError, DataError
+
+
+def _inv_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class Scale(nn.Module):
+    """A positive scale: fixed (a buffer), or learned shared by all pixels (``"image"``) or one per
+    pixel position (``"pixel"``)."""
+
+    def __init__(self, init: float, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
+        super().__init__()
+        if not init > 0:
+            raise ConfigError(f"a likelihood scale must be > 0, got {init}")
+        self.learn = learn
+        if learn is None:
+            self.register_buffer("value", torch.tensor(float(init)))
+        elif learn in ("image", "pixel"):
+            shape = () if learn == "image" else tuple(event_shape)
+            self.raw = nn.Parameter(torch.full(shape, _inv_softplus(init)))
+        else:
+            raise ConfigError(f"scale can be fixed (None), 'image' or 'pixel', got {learn!r}")
+
+    def forward(self) -> torch.Tensor:
+        return self.value if self.learn is None else F.softplus(self.raw) + 1e-4
+
+
+def _check_range(x: torch.Tensor, lo: float, hi: float, name: str, what: str, fix: str) -> None:
+    if not torch.isfinite(x).all():
+        raise DataError(f"{name} likelihood got NaN or Inf in the {what}; clean the data")
+    if x.numel() and (x.min() < lo or x.max() > hi):
+        raise DataError(
+            f"{name} likelihood needs {what} in [{lo:g}, {hi:g}], found values in "
+            f"[{x.min().item():g}, {x.max().item():g}]; {fix}"
+        )
 
 
 class BernoulliLikelihood(nn.Module):
     """Independent Bernoulli pixels parameterised by **logits** (never probabilities).
 
     Expects binary data (0/1); grayscale intensities must be binarized first
-    (:func:`pyro_vae.data.binarize`).
+    (:func:`pyro_vae.data.binarize`) or modelled with :class:`ContinuousBernoulliLikelihood`.
     """
+
+    data_kind = "binary"
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
         """:param logits: decoder output ``(..., *event_shape)``.
@@ -32,28 +84,168 @@ class BernoulliLikelihood(nn.Module):
             v = x[bad][0].item()
             raise DataError(
                 f"Bernoulli likelihood needs binary {what} (0 or 1), found {v:g}; "
-                "binarize the pixels (pyro_vae.data.binarize) or use a likelihood for intensities"
+                "binarize the pixels (pyro_vae.data.binarize) or use --likelihood continuous-bernoulli"
             )
 
 
+class ContinuousBernoulliLikelihood(nn.Module):
+    """Continuous Bernoulli on [0, 1] intensities, from logits, **with** its normaliser
+    (Loaiza-Ganem & Cunningham, 2019): a proper density where Bernoulli-on-grayscale is not."""
+
+    data_kind = "unit"
+
+    def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=logits).to_event(event_dim)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=logits).mean
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        _check_range(x, 0, 1, "continuous Bernoulli", what, "scale intensities to [0, 1]")
+
+
 class NormalLikelihood(nn.Module):
-    """p(x|z) = Normal(decoder(z), scale) with a fixed, stated ``scale`` (the "MSE" loss with its
-    constant made explicit). Expects real-valued, finite data."""
+    """p(x|z) = Normal(decoder(z), scale) on [0, 1] intensities.
 
-    scale: torch.Tensor
+    With a fixed ``scale`` this is the "MSE" loss with its constant made explicit:
+    −log p(x|z) = ||x − x̂||² / (2 scale²) + D log(scale √(2π)). ``learn="image"`` learns one scale
+    shared by all pixels, ``learn="pixel"`` one per pixel position.
+    """
 
-    def __init__(self, scale: float) -> None:
+    data_kind = "unit"
+
+    def __init__(self, scale: float = 0.1, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"NormalLikelihood scale must be > 0, got {scale}")
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.scale = Scale(scale, learn, event_shape)
 
     def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.Normal(loc, self.scale).to_event(event_dim)
+        return dist.Normal(loc, self.scale()).to_event(event_dim)
 
     def mean(self, loc: torch.Tensor) -> torch.Tensor:
-        return loc
+        return loc.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         if not torch.isfinite(x).all():
-            raise DataError(f"Normal likelihood needs finite {what}; found NaN or Inf values")
+            raise DataError(f"Normal likelihood got NaN or Inf in the {what}; clean the data")
+
+
+class LaplaceLikelihood(nn.Module):
+    """p(x|z) = Laplace(decoder(z), scale) on [0, 1] intensities: the "L1" loss with its constant.
+    ``learn`` as for :class:`NormalLikelihood`."""
+
+    data_kind = "unit"
+
+    def __init__(self, scale: float = 0.1, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.scale = Scale(scale, learn, event_shape)
+
+    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        return dist.Laplace(loc, self.scale()).to_event(event_dim)
+
+    def mean(self, loc: torch.Tensor) -> torch.Tensor:
+        return loc.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        if not torch.isfinite(x).all():
+            raise DataError(f"Laplace likelihood got NaN or Inf in the {what}; clean the data")
+
+
+class DiscretizedLogistic(TorchDistribution):
+    """8-bit values k ∈ {0, …, 255}: P(k) = F(k + ½) − F(k − ½) for a logistic CDF F with
+    ``loc`` and ``scale`` in pixel units, the end bins taking the tails (PixelCNN++), so the
+    256 probabilities sum to one."""
+
+    arg_constraints: ClassVar = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.integer_interval(0, 255)
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(torch.Size(batch_shape), torch.Size(), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        upper = (value + 0.5 - self.loc) / self.scale
+        lower = (value - 0.5 - self.loc) / self.scale
+        log_cdf_upper, log_cdf_lower = -F.softplus(-upper), -F.softplus(-lower)  # log F
+        log_sf_upper, log_sf_lower = -F.softplus(upper), -F.softplus(lower)  # log(1 − F)
+        # F(u) − F(l) in logs: as F(u)(1 − F(l)/F(u)) left of the location and as S(l)(1 − S(u)/S(l))
+        # right of it, so neither tail loses the difference to rounding. The clamp only guards
+        # exact cancellation (scale > ~1e5 pixels) and the branch torch.where discards.
+        log_left = log_cdf_upper + torch.log(-torch.expm1((log_cdf_lower - log_cdf_upper).clamp(max=-1e-6)))
+        log_right = log_sf_lower + torch.log(-torch.expm1((log_sf_upper - log_sf_lower).clamp(max=-1e-6)))
+        log_mid = torch.where(value < self.loc, log_left, log_right)
+        return torch.where(value <= 0, log_cdf_upper, torch.where(value >= 255, log_sf_lower, log_mid))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.clamp(0, 255)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+        with torch.no_grad():
+            return (self.loc + self.scale * (u.log() - (-u).log1p())).round().clamp(0, 255)
+
+
+class DiscretizedLogisticLikelihood(nn.Module):
+    """Discretised logistic over 8-bit pixel values, with a learned per-pixel scale.
+
+    The decoder output o maps to the location 127.5 (1 + o) in pixel units, so o ∈ [−1, 1]
+    spans the pixel range, as in PixelCNN++."""
+
+    data_kind = "byte"
+
+    def __init__(self, event_shape: Sequence[int], scale: float = 8.0) -> None:
+        super().__init__()
+        self.scale = Scale(scale, "pixel", event_shape)
+
+    def forward(self, out: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        return DiscretizedLogistic(127.5 * (1 + out), self.scale()).to_event(event_dim)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return (0.5 * (1 + out)).clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        _check_range(x, 0, 255, "discretized logistic", what, "pass 8-bit pixel values 0..255")
+        if (x != x.round()).any():
+            raise DataError(f"discretized logistic likelihood needs whole 8-bit values in the {what}; found fractions")
+
+
+# CLI names: what each likelihood models
+LIKELIHOODS = {
+    "bernoulli": "Bernoulli from logits on binarized pixels",
+    "continuous-bernoulli": "continuous Bernoulli (normalised) on [0, 1] intensities",
+    "normal": "Normal with a fixed scale (--likelihood-scale) on [0, 1] intensities",
+    "normal-image": "Normal with one learned scale for all pixels",
+    "normal-pixel": "Normal with a learned scale per pixel",
+    "laplace": "Laplace with a fixed scale (--likelihood-scale) on [0, 1] intensities",
+    "discretized-logistic": "discretised logistic on 8-bit values, learned per-pixel scale",
+}
+
+
+def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1) -> nn.Module:
+    """The likelihood called ``name`` (see :data:`LIKELIHOODS`); ``scale`` is the fixed or initial scale."""
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "continuous-bernoulli":
+        return ContinuousBernoulliLikelihood()
+    if name == "normal":
+        return NormalLikelihood(scale)
+    if name == "normal-image":
+        return NormalLikelihood(scale, "image", event_shape)
+    if name == "normal-pixel":
+        return NormalLikelihood(scale, "pixel", event_shape)
+    if name == "laplace":
+        return LaplaceLikelihood(scale)
+    if name == "discretized-logistic":
+        return DiscretizedLogisticLikelihood(event_shape)
+    raise ConfigError(f"unknown --likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")

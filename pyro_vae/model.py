@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
-from pyro_vae.likelihoods import BernoulliLikelihood
+from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.nets import build_networks
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.priors import build_prior
 
 
 class VAE(nn.Module):
@@ -28,6 +29,11 @@ class VAE(nn.Module):
     :param prior: module returning p(z) with ``event_shape (z_dim,)``.
     :param likelihood: module mapping decoder output to p(x|z).
     :param event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
+
+    ``kl_weight`` (β, default 1) scales the latent site ``"z"`` in model and guide with
+    ``poutine.scale``, so both ELBOs weight their KL term (closed-form or log q − log p) by β;
+    a weight of 0 masks the site instead (``poutine.scale`` takes only positive factors).
+    Training sets it each step from the KL schedule; evaluation ignores it.
     """
 
     def __init__(
@@ -44,11 +50,13 @@ class VAE(nn.Module):
         self.prior = prior
         self.likelihood = likelihood
         self.event_shape = torch.Size(event_shape)
+        self.kl_weight = 1.0
 
     def model(self, x: torch.Tensor) -> None:
         """p(x, z) for a batch ``x: (N, *event_shape)``."""
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior())  # (N, z_dim)
+            with self._kl_scaled():
+                z = pyro.sample("z", self.prior())  # (N, z_dim)
             logits = self.decoder(z)  # (N, *event_shape)
             pyro.sample("x", self.likelihood(logits, len(self.event_shape)), obs=x)
 
@@ -56,7 +64,13 @@ class VAE(nn.Module):
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            with self._kl_scaled():
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _kl_scaled(self) -> poutine.messenger.Messenger:
+        if self.kl_weight > 0:
+            return poutine.scale(scale=self.kl_weight)
+        return poutine.mask(mask=False)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +85,22 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
 
-def build_vae(event_shape: Sequence[int], net: str = "mlp", z_dim: int = 50, hidden: Sequence[int] = (400,)) -> VAE:
-    """The default VAE: standard-Normal prior, Bernoulli likelihood, ``net`` networks."""
+def build_vae(
+    event_shape: Sequence[int],
+    net: str = "mlp",
+    z_dim: int = 50,
+    hidden: Sequence[int] = (400,),
+    prior: str = "normal",
+    likelihood: str = "bernoulli",
+    likelihood_scale: float = 0.1,
+) -> VAE:
+    """A VAE from names: ``net`` networks, ``prior`` (see :data:`pyro_vae.priors.PRIORS`) and
+    ``likelihood`` (see :data:`pyro_vae.likelihoods.LIKELIHOODS`)."""
     encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
-    return VAE(encoder, decoder, StandardNormalPrior(z_dim), BernoulliLikelihood(), event_shape)
+    return VAE(
+        encoder,
+        decoder,
+        build_prior(prior, z_dim, encoder, event_shape),
+        build_likelihood(likelihood, event_shape, likelihood_scale),
+        event_shape,
+    )

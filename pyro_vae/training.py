@@ -1,7 +1,8 @@
 """SVI training: ``train(config) -> TrainResult``.
 
-The ELBO is Pyro's own ``Trace_ELBO`` (Monte-Carlo KL) or ``TraceMeanField_ELBO``
-(closed-form KL where one exists), differentiated with autograd and stepped with
+The objective is Pyro's own ``Trace_ELBO`` (Monte-Carlo KL) or ``TraceMeanField_ELBO``
+(closed-form KL where one exists), or the importance-weighted bound
+(:class:`pyro_vae.objectives.IWAE_ELBO`), differentiated with autograd and stepped with
 ``torch.optim.Adam`` over the VAE's parameters, the pattern of Pyro's
 ``examples/svi_torch.py``. The loop adds no host-device synchronisation of its
 own: the loss is summed on the device and read every ``log_every`` steps.
@@ -16,29 +17,22 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoint import save_checkpoint, training_state
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, ResidentBatches, load_data
+from pyro_vae.data import ImageData, ResidentBatches, from_raw, load_raw
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_reconstructions, save_samples
 from pyro_vae.model import VAE, build_vae
+from pyro_vae.objectives import kl_weight, make_elbo
+from pyro_vae.priors import has_closed_form_kl
 
 METRICS_FIELDS = ("epoch", "train_loss", "test_loss", "seconds")
-
-
-def make_elbo(name: str) -> ELBO:
-    """``"mc"`` -> ``Trace_ELBO``; ``"analytic"`` -> ``TraceMeanField_ELBO``."""
-    if name == "mc":
-        return Trace_ELBO()
-    if name == "analytic":
-        return TraceMeanField_ELBO()
-    raise ConfigError(f"unknown --elbo {name!r}; choose one of mc, analytic")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,12 +47,32 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def heldout_loss(vae: VAE, elbo: ELBO, x: torch.Tensor, batch_size: int = 1000) -> float:
-    """Negative ELBO per data point (nats) over ``x``, one z draw per point."""
+def heldout_loss(vae: VAE, elbo: Any, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """The objective's loss per data point (nats) over ``x`` with KL weight 1: the negative ELBO
+    (one z draw per point) for ``Trace_ELBO``/``TraceMeanField_ELBO``, −L_K for the IWAE bound."""
     total = torch.zeros((), device=x.device)
-    for start in range(0, len(x), batch_size):
-        total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
+    weight, vae.kl_weight = vae.kl_weight, 1.0
+    try:
+        for start in range(0, len(x), batch_size):
+            total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
+    finally:
+        vae.kl_weight = weight
     return total.item() / len(x)
+
+
+def describe_objective(vae: VAE, config: TrainConfig) -> str:
+    """What the run optimises, e.g. "KL: analytic" or "KL: Monte-Carlo, prior has no closed form"."""
+    if config.elbo == "iwae":
+        text = f"objective: IWAE bound, K={config.particles} (KL inside the importance weights)"
+    elif config.elbo == "mc":
+        text = "KL: Monte-Carlo (Trace_ELBO)"
+    elif has_closed_form_kl(vae.prior, config.z_dim):
+        text = "KL: analytic"
+    else:
+        text = f"KL: Monte-Carlo, prior {config.prior!r} has no closed form"
+    if config.beta != 1 or config.kl_schedule != "constant":
+        text += f"; KL weight {config.kl_schedule} up to beta={config.beta:g}"
+    return text
 
 
 @dataclass
@@ -94,21 +108,25 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
     config.validate()
     device = resolve_device(config.device)
     config = replace(config, device=device.type, out=config.out or _default_out(config))
-    if data is None:
-        data = load_data(
-            config.dataset,
-            config.data_dir,
-            download=config.download,
-            test_binarization_seed=config.test_binarization_seed,
-            limit_train=config.limit_train,
-            limit_test=config.limit_test,
+    raw = load_raw(config.dataset, config.data_dir, config.download) if data is None else None
+    event_shape = raw[0].shape[1:] if raw is not None else data.event_shape  # type: ignore[union-attr]
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(
+        event_shape, config.net, config.z_dim, config.hidden, config.prior, config.likelihood, config.likelihood_scale
+    )
+    kind = vae.likelihood.data_kind
+    if raw is not None:
+        data = from_raw(config.dataset, raw, kind, config.test_binarization_seed, config.limit_train, config.limit_test)
+    assert data is not None
+    if data.kind != kind:
+        raise ConfigError(
+            f"the data were prepared as {data.kind!r} but --likelihood {config.likelihood} expects {kind!r}; "
+            f"load them with load_data(..., kind={kind!r})"
         )
     if config.batch_size > len(data.train):
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images; lower it"
         )
-    pyro.set_rng_seed(config.seed)
-    vae = build_vae(data.event_shape, config.net, config.z_dim, config.hidden)
     vae.likelihood.check_data(data.test, "test images")
     data = data.to(device)
     vae.to(device)
@@ -121,7 +139,8 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
     elbo = make_elbo(config.elbo)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    batches = ResidentBatches(data.train, config.batch_size, generator)
+    batches = ResidentBatches(data.train, config.batch_size, generator, kind)
+    total_steps = config.epochs * len(batches)
     # a fixed handful of test images, so every epoch's picture shows the same digits
     shown = data.test[:8]
 
@@ -143,6 +162,16 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
         )
         seen_at_log, total_at_log = 0, 0.0
         for i, x in enumerate(batches, 1):
+            vae.kl_weight = kl_weight(
+                step,
+                len(batches),
+                total_steps,
+                beta=config.beta,
+                schedule=config.kl_schedule,
+                warmup=config.warmup,
+                warmup_unit=config.warmup_unit,
+                cycles=config.cycles,
+            )
             loss = elbo.differentiable_loss(vae.model, vae.guide, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

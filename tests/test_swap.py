@@ -1,0 +1,276 @@
+"""Priors, likelihoods and objectives swap without touching the rest."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import kl_divergence
+
+from pyro_vae import (
+    IWAE_ELBO,
+    LIKELIHOODS,
+    PRIORS,
+    DiscretizedLogistic,
+    TrainConfig,
+    build_likelihood,
+    build_prior,
+    build_vae,
+    kl_weight,
+    load_run,
+    train,
+)
+from pyro_vae.data import prepare
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.evaluate import evaluate
+from pyro_vae.nets import MLPEncoder
+from pyro_vae.priors import has_closed_form_kl
+
+from conftest import make_tiny_data
+
+SHAPE = (1, 4, 4)
+
+
+def tiny_batch(kind: str, n: int = 6) -> torch.Tensor:
+    images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return prepare(images, kind, torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
+@pytest.mark.parametrize("prior", list(PRIORS))
+def test_every_prior_and_likelihood_trains_and_evaluates(prior, likelihood):
+    vae = build_vae(SHAPE, "mlp", z_dim=2, hidden=(8,), prior=prior, likelihood=likelihood)
+    x = tiny_batch(vae.likelihood.data_kind)
+    vae.likelihood.check_data(x)
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    for elbo in (Trace_ELBO(), TraceMeanField_ELBO(), IWAE_ELBO(3)):
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {k for k, v in vae.named_parameters() if not torch.equal(before[k], v)}
+    # the prior's and likelihood's own learned parameters get gradients too
+    assert changed == set(before)
+    out = evaluate(vae, x, [1, 4], seed=0)
+    assert math.isfinite(out["nll"]["4"]["mean"]) and math.isfinite(out["elbo"]["analytic"]["neg_elbo"]["mean"])
+    expected = "analytic" if has_closed_form_kl(vae.prior, 2) else "Monte-Carlo (no closed form)"
+    assert out["elbo"]["analytic"]["kl_kind"] == [f"z: {expected}"]
+    assert vae.sample(3).shape == (3, *SHAPE)
+
+
+def test_which_priors_have_a_closed_form_kl():
+    enc = MLPEncoder(SHAPE, 3, (8,))
+    closed = {name for name in PRIORS if has_closed_form_kl(build_prior(name, 3, enc, SHAPE), 3)}
+    assert closed == {"normal", "learned-normal", "laplace"}
+
+
+@pytest.mark.parametrize("prior", ["normal", "learned-normal", "laplace"])
+def test_closed_form_kl_agrees_with_monte_carlo(prior):
+    torch.manual_seed(0)
+    p_mod = build_prior(prior, 4, MLPEncoder(SHAPE, 4, (8,)), SHAPE)
+    with torch.no_grad():
+        for param in p_mod.parameters():  # a learned prior away from its initial value
+            param.add_(0.3 * torch.randn_like(param))
+    p = p_mod()
+    q = dist.Normal(torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([0.3, 1.5, 0.8, 1.0])).to_event(1)
+    exact = kl_divergence(q, p)
+    z = q.sample((200_000,))
+    draws = q.log_prob(z) - p.log_prob(z)
+    se = draws.std() / math.sqrt(len(draws))
+    assert abs(draws.mean() - exact) < 4 * se, (exact.item(), draws.mean().item(), se.item())
+
+
+@pytest.mark.parametrize(
+    "loc,scale",
+    [(0.3, 2.0), (127.2, 8.0), (250.0, 0.5), (10.0, 30.0), (-40.0, 3.0), (300.0, 0.2)],
+)
+def test_discretized_logistic_sums_to_one_over_256_values(loc, scale):
+    d = DiscretizedLogistic(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    total = d.log_prob(torch.arange(256, dtype=torch.float64)).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("logit", [-8.0, -1.0, -1e-4, 0.0, 1e-3, 0.7, 5.0])
+def test_continuous_bernoulli_density_integrates_to_one(logit):
+    lik = build_likelihood("continuous-bernoulli", (1,))
+    x = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    d = lik(torch.full((1,), logit, dtype=torch.float64), 1)
+    density = d.log_prob(x.unsqueeze(-1)).exp()
+    assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["normal", "normal-image", "normal-pixel", "laplace"])
+def test_real_valued_likelihoods_integrate_to_one(name):
+    lik = build_likelihood(name, (1,), scale=0.2)
+    x = torch.linspace(-5, 6, 400_001, dtype=torch.float64)
+    d = lik(torch.full((1,), 0.4, dtype=torch.float64), 1)
+    assert torch.trapezoid(d.log_prob(x.unsqueeze(-1)).exp(), x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bernoulli_sums_to_one():
+    d = build_likelihood("bernoulli", (1,))(torch.tensor([[-3.0], [0.2], [40.0]]), 1)
+    assert torch.allclose(d.log_prob(torch.zeros(1)).exp() + d.log_prob(torch.ones(1)).exp(), torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "name,data,message",
+    [
+        ("bernoulli", [0.0, 0.5], "Bernoulli likelihood needs binary data (0 or 1), found 0.5; binarize"),
+        (
+            "continuous-bernoulli",
+            [0.2, 1.5],
+            "continuous Bernoulli likelihood needs data in [0, 1], found values in [0.2, 1.5]",
+        ),
+        ("continuous-bernoulli", [0.2, float("nan")], "continuous Bernoulli likelihood got NaN or Inf in the data"),
+        ("normal", [0.2, float("inf")], "Normal likelihood got NaN or Inf in the data"),
+        (
+            "discretized-logistic",
+            [0.0, 256.0],
+            "discretized logistic likelihood needs data in [0, 255], found values in [0, 256]",
+        ),
+        ("discretized-logistic", [0.0, 12.5], "discretized logistic likelihood needs whole 8-bit values in the data"),
+    ],
+)
+def test_bad_data_for_a_likelihood_is_refused_clearly(name, data, message):
+    with pytest.raises(DataError) as info:
+        build_likelihood(name, (2,)).check_data(torch.tensor(data))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_data_prepared_for_another_likelihood_is_refused(tmp_path):
+    cfg = TrainConfig(
+        likelihood="continuous-bernoulli", epochs=1, batch_size=16, progress=False, out=str(tmp_path / "r")
+    )
+    with pytest.raises(ConfigError, match="prepared as 'binary' but --likelihood continuous-bernoulli expects 'unit'"):
+        train(cfg, data=make_tiny_data())
+    assert not (tmp_path / "r").exists()
+
+
+def test_kl_weight_schedules():
+    kw = dict(steps_per_epoch=10, total_steps=100)
+    assert kl_weight(37, **kw, beta=0.5) == 0.5
+    lin = dict(**kw, beta=2.0, schedule="linear", warmup=2, warmup_unit="epochs")
+    assert [kl_weight(s, **lin) for s in (0, 5, 10, 20, 99)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert kl_weight(3, **kw, schedule="linear", warmup=6, warmup_unit="steps") == 0.5
+    cyc = dict(**kw, schedule="cyclical", cycles=4)  # 25 steps a cycle: ramp over 12.5, hold
+    assert [kl_weight(s, **cyc) for s in (0, 5, 12, 13, 24, 25, 30)] == [0.0, 0.4, 0.96, 1.0, 1.0, 0.0, 0.4]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 1.0, 3.0])
+def test_kl_weight_scales_the_latent_site_and_only_the_kl_term(weight):
+    vae = build_vae(SHAPE, z_dim=3, hidden=(8,))
+    x = tiny_batch("binary")
+    vae.kl_weight = weight
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    for site in (model_tr.nodes["z"], guide_tr.nodes["z"]):
+        if weight > 0:
+            assert site["scale"] == weight
+        else:  # poutine.scale takes only positive factors; weight 0 masks the site
+            assert site["mask"] is False
+    assert model_tr.nodes["x"]["scale"] == 1.0 and model_tr.nodes["x"]["mask"] is None
+    pyro.set_rng_seed(3)
+    loss = TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    vae.kl_weight = 1.0
+    guide_tr = poutine.trace(vae.guide).get_trace(x)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    recon = model_tr.nodes["x"]["fn"].log_prob(x).sum()
+    kl = kl_divergence(guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]).sum()
+    torch.testing.assert_close(loss, -(recon - weight * kl), rtol=1e-6, atol=1e-4)
+
+
+def test_training_applies_the_schedule_at_every_step(tmp_path, monkeypatch):
+    seen = []
+    original = TraceMeanField_ELBO.differentiable_loss
+
+    def spy(self, model, guide, x):
+        seen.append(model.__self__.kl_weight)
+        return original(self, model, guide, x)
+
+    monkeypatch.setattr(TraceMeanField_ELBO, "differentiable_loss", spy)
+    cfg = TrainConfig(
+        elbo="analytic",
+        epochs=2,
+        batch_size=32,
+        z_dim=2,
+        hidden=(8,),
+        progress=False,
+        out=str(tmp_path / "r"),
+        beta=2.0,
+        kl_schedule="linear",
+        warmup=1,
+        warmup_unit="epochs",
+    )
+    train(cfg, data=make_tiny_data())  # 96 images: 3 steps an epoch; each epoch ends with 1 test batch at weight 1
+    train_weights = [w for i, w in enumerate(seen) if i not in (3, 7)]
+    assert train_weights == [kl_weight(s, 3, 6, beta=2.0, schedule="linear", warmup=1) for s in range(6)]
+    assert seen[3] == seen[7] == 1.0  # the held-out loss is the plain ELBO
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_iwae_equals_pyro_renyi_elbo_with_the_same_draws(k):
+    vae = build_vae(SHAPE, z_dim=3, hidden=(8,))
+    x = tiny_batch("binary")
+    renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(5)
+    expected = renyi.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(5)
+    ours = IWAE_ELBO(k).differentiable_loss(vae.model, vae.guide, x)
+    assert ours.item() == pytest.approx(expected, rel=1e-6)
+    if k == 1:
+        pyro.set_rng_seed(5)
+        assert ours.item() == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x), rel=1e-6)
+    # and the same gradient as Pyro's surrogate
+    pyro.set_rng_seed(5)
+    renyi.loss_and_grads(vae.model, vae.guide, x)
+    pyro_grads = [p.grad.clone() for p in vae.parameters()]
+    vae.zero_grad()
+    pyro.set_rng_seed(5)
+    IWAE_ELBO(k).differentiable_loss(vae.model, vae.guide, x).backward()
+    for a, b in zip(pyro_grads, [p.grad for p in vae.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_restores_the_prior_and_likelihood(tmp_path):
+    data = make_tiny_data()
+    cfg = TrainConfig(
+        prior="mog",
+        likelihood="bernoulli",
+        epochs=1,
+        batch_size=32,
+        z_dim=2,
+        hidden=(8,),
+        progress=False,
+        out=str(tmp_path / "r"),
+    )
+    result = train(cfg, data=data)
+    vae, config, _ = load_run(result.run_dir)
+    assert config.prior == "mog" and type(vae.prior) is type(result.vae.prior)
+    torch.testing.assert_close(vae.prior.locs, result.vae.prior.locs)
+
+
+def test_diagonal_gaussian_mixture_matches_mixture_same_family():
+    from pyro_vae.priors import DiagonalGaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    logits, locs = torch.randn(7, generator=g), torch.randn(7, 5, generator=g)
+    scales = torch.rand(7, 5, generator=g) + 0.2
+    ours = DiagonalGaussianMixture(logits.double(), locs.double(), scales.double())
+    ref = dist.MixtureSameFamily(
+        dist.Categorical(logits=logits.double()), dist.Normal(locs.double(), scales.double()).to_event(1)
+    )
+    z = 2 * torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z))
+    torch.testing.assert_close(ours.expand((4,)).log_prob(z), ref.log_prob(z))
+    # sampling: the sample mean matches the mixture mean within 4 standard errors
+    draws = ours.sample((100_000,))
+    mean = (torch.softmax(logits.double(), -1).unsqueeze(-1) * locs.double()).sum(0)
+    se = draws.std(0) / math.sqrt(len(draws))
+    assert ((draws.mean(0) - mean).abs() < 4 * se).all()
