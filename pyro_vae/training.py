@@ -132,11 +132,13 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
     vae.to(device)
 
     run_dir = _prepare_run_dir(config.out)
+    objective = describe_objective(vae, config)
+    versions = {"torch": torch.__version__, "pyro": pyro.__version__}
     (run_dir / "config.json").write_text(
-        json.dumps({**config.to_dict(), "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}, indent=2)
-        + "\n"
+        json.dumps({**config.to_dict(), "objective": objective, "versions": versions}, indent=2) + "\n"
     )
-    elbo = make_elbo(config.elbo)
+    tqdm.write(objective)
+    elbo = make_elbo(config.elbo, config.particles)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     batches = ResidentBatches(data.train, config.batch_size, generator, kind)

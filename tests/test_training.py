@@ -40,7 +40,8 @@ def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
     result = train(cfg, data=tiny_data)
     run = result.run_dir
     saved = json.loads((run / "config.json").read_text())
-    assert {k: v for k, v in saved.items() if k != "versions"} == result.config.to_dict()
+    assert {k: v for k, v in saved.items() if k not in ("versions", "objective")} == result.config.to_dict()
+    assert saved["objective"] == ("KL: analytic" if elbo == "analytic" else "KL: Monte-Carlo (Trace_ELBO)")
     assert saved["device"] == "cpu" and saved["versions"]["pyro"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -89,7 +90,12 @@ def test_keep_checkpoints_prunes_old_ones(tmp_path, tiny_data):
         (dict(z_dim=0), "--z-dim must be a positive integer, got 0"),
         (dict(lr=0.0), "--lr must be > 0, got 0.0; e.g. --lr 1e-3"),
         (dict(net="rnn"), "unknown --net 'rnn'; choose one of mlp, conv"),
-        (dict(elbo="iwae"), "unknown --elbo 'iwae'; choose one of mc, analytic"),
+        (dict(elbo="renyi"), "unknown --elbo 'renyi'; choose one of mc, analytic, iwae"),
+        (
+            dict(prior="flow"),
+            "unknown --prior 'flow'; choose one of normal, learned-normal, student-t, laplace, mog, vamp",
+        ),
+        (dict(kl_schedule="cosine"), "unknown --kl-schedule 'cosine'; choose one of constant, linear, cyclical"),
         (dict(batch_size=1000), "--batch-size 1000 is larger than the 96 training images; lower it"),
     ],
 )
