@@ -50,6 +50,8 @@ def train_parser() -> argparse.ArgumentParser:
     a("--warmup-unit", choices=("epochs", "steps"), default=d.warmup_unit, help="default %(default)s")
     a("--cycles", type=int, default=d.cycles, help="cycles of the cyclical schedule (default %(default)s)")
     a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
+    a("--compile", action="store_true", help="torch.compile the encoder and decoder")
+    a("--bf16", action="store_true", help="CUDA: bfloat16 autocast for the networks, densities in float32")
     a("--seed", type=int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
     a(
         "--test-binarization-seed",
@@ -169,5 +171,50 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.run_dir}  epoch {state['epoch']}  {args.split} split, {len(x)} images, {device.type}")
         print(format_table(result))
         print(f"IS evaluation took {result['nll_seconds']:.1f}s; wrote {out}")
+
+    return _run(go)
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+    """``pyro-vae-benchmark``: time the training paths and the evaluation, print a table, write JSON."""
+    from pyro_vae.benchmark import PATH_NOTES, BenchmarkConfig
+
+    d = BenchmarkConfig()
+    p = argparse.ArgumentParser(
+        prog="pyro-vae-benchmark",
+        description="Time pyro_vae's training path against the conventional Pyro loop and plain PyTorch, "
+        "and batched against per-image held-out evaluation.",
+    )
+    a = p.add_argument
+    a("--data-dir", default=d.data_dir, help="root holding MNIST/raw (default %(default)s)")
+    a("--device", choices=DEVICES, default=d.device, help="default %(default)s")
+    a("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    a("--steps", type=int, default=d.steps, help="steps per timed repeat (default: one epoch)")
+    a("--warmup-steps", type=int, default=d.warmup_steps, help="untimed steps first (default %(default)s)")
+    a("--repeats", type=int, default=d.repeats, help="timed repeats; the median is shown (default %(default)s)")
+    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training images")
+    a("--limit-test", type=int, default=d.limit_test, help="score only the first N test images")
+    a("--num-workers", type=int, default=d.num_workers, help="conventional loop's DataLoader workers (default 1)")
+    a("--paths", nargs="+", choices=list(PATH_NOTES), default=list(d.paths), help="rows to time")
+    a("--eval-k", type=int, default=d.eval_k, help="importance samples per image (default %(default)s)")
+    a("--eval-images", type=int, default=d.eval_images, help="images for batched evaluation (default %(default)s)")
+    a("--eval-loop-images", type=int, default=d.eval_loop_images, help="images for the per-image loop (default 20)")
+    a("--seed", type=int, default=d.seed, help="default %(default)s")
+    a("--out", default="benchmark.json", help="JSON file to write (default %(default)s)")
+    args = vars(p.parse_args(argv))
+    out = args.pop("out")
+    args["paths"] = tuple(args["paths"])
+    cfg = BenchmarkConfig(**args)
+
+    def go() -> None:
+        from pyro_vae.benchmark import format_results, run_benchmark, save
+
+        for name in ("batch_size", "warmup_steps", "repeats", "eval_k", "eval_images", "eval_loop_images"):
+            if getattr(cfg, name) < (0 if name == "warmup_steps" else 1):
+                raise PyroVAEError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+        result = run_benchmark(cfg)
+        save(result, out)
+        print(format_results(result))
+        print(f"wrote {out}")
 
     return _run(go)

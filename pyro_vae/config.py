@@ -43,6 +43,8 @@ class TrainConfig:
     warmup_unit: str = "epochs"  # "epochs" | "steps"
     cycles: int = 4  # cyclical schedule: cycles over the whole run
     device: str = "auto"  # "auto" picks CUDA when torch sees a GPU
+    compile: bool = False  # torch.compile the encoder and decoder (benchmark before turning on)
+    bf16: bool = False  # CUDA only: bfloat16 autocast for the networks; densities stay float32
     seed: int = 0  # seeds initialisation, z draws, shuffling and the dynamic binarization
     test_binarization_seed: int = 0  # apart from `seed` so held-out numbers compare across runs
     limit_train: int | None = None  # first N training images only: quick runs and tests

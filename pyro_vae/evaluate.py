@@ -90,6 +90,17 @@ def _particle_traces(
     return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
 
 
+@contextmanager
+def _checked_once(vae: VAE, x: torch.Tensor) -> Iterator[None]:
+    """Check the data against the likelihood once, then run without Pyro's per-distribution
+    checks, which would repeat that check on every chunk (a large share of a CPU step)."""
+    check = getattr(vae.likelihood, "check_data", None)
+    if check is not None:
+        check(x)
+    with pyro.validation_enabled(False):
+        yield
+
+
 def _log_prob(site: dict) -> torch.Tensor:
     # unscaled: evaluation scores the model itself, whatever poutine.scale training used
     return site["fn"].log_prob(site["value"])
@@ -149,7 +160,7 @@ def elbo_terms(
         and for each latent site how its KL was computed, e.g. ``["z: analytic"]``.
     """
     recon, kl, kinds = [], [], {}
-    with seeded(seed, x.device):
+    with seeded(seed, x.device), _checked_once(vae, x):
         dim = -1 - _max_plate_nesting(vae, x)
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
@@ -205,7 +216,7 @@ def importance_log_likelihood(
     per_point = math.prod(vae.event_shape)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     bar = tqdm(total=len(x), unit="img", desc=f"log p(x), K={k_max}", disable=not progress, leave=False)
-    with seeded(seed, x.device):
+    with seeded(seed, x.device), _checked_once(vae, x):
         dim = -1 - _max_plate_nesting(vae, x)
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]

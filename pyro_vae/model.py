@@ -21,6 +21,11 @@ from pyro_vae.nets import build_networks
 from pyro_vae.priors import build_prior
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    # under bf16/fp16 autocast the networks run in half precision; the densities must not
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class VAE(nn.Module):
     """A variational autoencoder written as a Pyro model/guide pair.
 
@@ -57,13 +62,13 @@ class VAE(nn.Module):
         with pyro.plate("data", x.shape[0]):
             with self._kl_scaled():
                 z = pyro.sample("z", self.prior())  # (N, z_dim)
-            logits = self.decoder(z)  # (N, *event_shape)
+            logits = _full_precision(self.decoder(z))  # (N, *event_shape)
             pyro.sample("x", self.likelihood(logits, len(self.event_shape)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
+            loc, scale = map(_full_precision, self.encoder(x))
             with self._kl_scaled():
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 

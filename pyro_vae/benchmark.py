@@ -1,0 +1,348 @@
+"""Speed benchmark, side by side in one run: this library's training path against the
+conventional Pyro loop and a plain-PyTorch floor, on the same device, architecture (MLP
+784-400-50), batch size and number of steps; and the batched importance-sampled evaluation
+against a per-image loop.
+
+Each path runs in a fresh process (``spawn``), so its peak memory is its own and no state
+(thread pools, the param store, compiled kernels) leaks from one path to the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.errors import ConfigError
+
+PATHS = ("conventional", "pytorch", "ours-mc", "ours-analytic")
+# what each path is, for the table
+PATH_NOTES = {
+    "conventional": "Pyro tutorial loop: DataLoader(ToTensor, shuffle) -> .to(device) -> SVI.step, Trace_ELBO",
+    "pytorch": "plain PyTorch: resident data, closed-form KL, torch.optim.Adam, no Pyro",
+    "ours-mc": "pyro_vae training path, Trace_ELBO",
+    "ours-analytic": "pyro_vae training path, TraceMeanField_ELBO",
+    "ours-mc-compile": "pyro_vae training path, Trace_ELBO, torch.compile networks",
+    "ours-mc-bf16": "pyro_vae training path, Trace_ELBO, bf16 autocast (CUDA)",
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of one benchmark run; every path gets the same ones."""
+
+    data_dir: str = "./data"  # torchvision layout, as for training
+    device: str = "auto"
+    batch_size: int = 128
+    steps: int | None = None  # steps per timed repeat; None: one epoch of the training set
+    warmup_steps: int = 10  # untimed steps first: allocator, caches, lazy initialisation
+    repeats: int = 3  # timed repeats per path; the table shows the median
+    limit_train: int | None = None  # first N training images only (smoke runs)
+    limit_test: int | None = None  # first N test images for the quality check (smoke runs)
+    num_workers: int = 1  # DataLoader workers of the conventional loop, as in Pyro's tutorial
+    paths: tuple[str, ...] = PATHS  # which rows; also ours-mc-compile, ours-mc-bf16
+    eval_k: int = 5000  # importance samples per image in the evaluation timing
+    eval_images: int = 200  # test images scored by the batched estimator
+    eval_loop_images: int = 20  # test images scored by the per-image loop
+    seed: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _binarize_sample(x: torch.Tensor) -> torch.Tensor:
+    # a module-level function so DataLoader workers can pickle the transform
+    return torch.bernoulli(x)
+
+
+def _time_steps(step, steps: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
+    step(warmup)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step(steps)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _run_path(name: str, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """One row: train ``warmup + repeats * steps`` steps, timing each repeat, then score the test set."""
+    from pyro_vae.data import ResidentBatches, load_data
+    from pyro_vae.evaluate import elbo_terms
+    from pyro_vae.model import build_vae
+    from pyro_vae.objectives import make_elbo
+    from pyro_vae.training import resolve_device, run_epoch
+
+    device = resolve_device(cfg.device)
+    pyro.set_rng_seed(cfg.seed)
+    pyro.clear_param_store()
+    data = load_data("mnist", cfg.data_dir, download=False, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    n_train = len(data.train)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    steps = cfg.steps or steps_per_epoch
+    vae = build_vae(data.event_shape).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    if name == "conventional":
+        step = _conventional_loop(vae, cfg, device)
+    else:
+        images = data.train.to(device)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        batches = ResidentBatches(images, cfg.batch_size, generator)
+        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+        if name == "pytorch":
+            step = _pytorch_loop(vae, optimizer, batches)
+        else:
+            elbo = make_elbo("analytic" if name == "ours-analytic" else "mc")
+            if name == "ours-mc-compile":
+                vae.encoder.compile()
+                vae.decoder.compile()
+            if name == "ours-mc-bf16" and device.type != "cuda":
+                raise ConfigError("ours-mc-bf16 needs CUDA")
+
+            def step(n: int) -> None:
+                done = 0
+                while done < n:  # whole passes of the permutation, as training runs them
+                    _, after = run_epoch(vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16")
+                    done += after
+
+    times = _time_steps(step, steps, cfg.warmup_steps, cfg.repeats, device)
+    per_step = statistics.median(times) / steps
+    vae.eval()
+    recon, kl, _ = elbo_terms(vae, data.test.to(device), analytic_kl=True, seed=cfg.seed)
+    neg_elbo = (kl - recon).double()
+    return {
+        "path": name,
+        "steps_timed": steps,
+        "repeat_seconds": times,
+        "seconds_per_epoch": per_step * steps_per_epoch,
+        "images_per_second": cfg.batch_size / per_step,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
+        "test_neg_elbo": neg_elbo.mean().item(),
+        "test_neg_elbo_se": (neg_elbo.std() / math.sqrt(len(neg_elbo))).item(),
+        "epochs_trained": (cfg.warmup_steps + cfg.repeats * steps) / steps_per_epoch,
+    }
+
+
+def _conventional_loop(vae, cfg: BenchmarkConfig, device: torch.device):
+    """Pyro's tutorial: torchvision dataset, ToTensor, DataLoader(shuffle=True), SVI.step per batch."""
+    import torchvision.transforms as T
+    from pyro.infer import SVI, Trace_ELBO
+    from torch.utils.data import DataLoader, Subset
+    from torchvision.datasets import MNIST
+
+    dataset = MNIST(cfg.data_dir, train=True, download=False, transform=T.Compose([T.ToTensor(), _binarize_sample]))
+    if cfg.limit_train is not None:
+        dataset = Subset(dataset, range(cfg.limit_train))
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("vae", vae)
+        vae.model(x)
+
+    def guide(x: torch.Tensor) -> None:
+        pyro.module("vae", vae)
+        vae.guide(x)
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    def step(n: int) -> None:
+        done = 0
+        while done < n:
+            for x, _ in loader:
+                svi.step(x.to(device))
+                done += 1
+                if done == n:
+                    return
+
+    return step
+
+
+def _pytorch_loop(vae, optimizer: torch.optim.Optimizer, batches):
+    """The floor: the same networks and data pipeline, the loss written by hand, no Pyro."""
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        loc, scale = vae.encoder(x)
+        z = loc + scale * torch.randn_like(loc)
+        recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
+        kl = 0.5 * (scale.square() + loc.square() - 1 - 2 * scale.log()).sum()
+        return recon + kl
+
+    device = next(vae.parameters()).device
+
+    def step(n: int) -> None:
+        done = 0
+        total = torch.zeros((), device=device)  # summed on the device, as the training loop does
+        while done < n:
+            for x in batches:
+                loss = loss_fn(x)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+                done += 1
+                if done == n:
+                    return
+
+    return step
+
+
+def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Images per second of the batched IS estimator against one image at a time."""
+    from pyro_vae.data import heldout_images
+    from pyro_vae.evaluate import importance_log_likelihood, log_importance_weights
+    from pyro_vae.model import build_vae
+    from pyro_vae.training import resolve_device
+
+    device = resolve_device(cfg.device)
+    pyro.set_rng_seed(cfg.seed)
+    x, _ = heldout_images("mnist", cfg.data_dir, download=False, limit=max(cfg.eval_images, cfg.eval_loop_images))
+    x = x.to(device)
+    vae = build_vae(x.shape[1:]).to(device).eval()
+
+    xb = x[: cfg.eval_images]
+    importance_log_likelihood(vae, xb[:2], cfg.eval_k, seed=cfg.seed)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    importance_log_likelihood(vae, xb, cfg.eval_k, seed=cfg.seed)
+    _sync(device)
+    batched = time.perf_counter() - start
+
+    # the straightforward loop: one image at a time, its K samples in one vectorised trace
+    xl = x[: cfg.eval_loop_images]
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for i in range(len(xl)):
+            log_w = log_importance_weights(vae, xl[i : i + 1], cfg.eval_k)
+            (log_w.logsumexp(0) - math.log(cfg.eval_k)).item()
+    _sync(device)
+    loop = time.perf_counter() - start
+    return {
+        "k": cfg.eval_k,
+        "batched_images": len(xb),
+        "batched_seconds": batched,
+        "batched_images_per_second": len(xb) / batched,
+        "loop_images": len(xl),
+        "loop_seconds": loop,
+        "loop_images_per_second": len(xl) / loop,
+        "speedup": (len(xb) / batched) / (len(xl) / loop),
+    }
+
+
+def _in_child(fn, *args):
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")), platform.processor()
+    )
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every path and the evaluation timing; return the results as one JSON-ready dict."""
+    from pyro_vae.training import resolve_device
+
+    unknown = sorted(set(cfg.paths) - set(PATH_NOTES))
+    if unknown:
+        raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")
+    device = resolve_device(cfg.device)
+    rows = []
+    for name in cfg.paths:
+        if progress:
+            print(f"timing {name} ...", flush=True)
+        rows.append(_in_child(_run_path, name, cfg))
+    if progress:
+        print("timing evaluation ...", flush=True)
+    evaluation = _in_child(_run_eval, cfg)
+    by_path = {r["path"]: r for r in rows}
+    ratios = {}
+    for ours in (p for p in by_path if p.startswith("ours")):
+        for ref in ("conventional", "pytorch"):
+            if ref in by_path:
+                ratios[f"{ours}/{ref}"] = by_path[ours]["seconds_per_epoch"] / by_path[ref]["seconds_per_epoch"]
+    return {
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "config": dataclasses.asdict(cfg),
+        "rows": rows,
+        "ratios": ratios,
+        "evaluation": evaluation,
+    }
+
+
+def format_results(result: dict[str, Any]) -> str:
+    """The benchmark as a text table."""
+    lines = [
+        f"device: {result['device']}   torch {result['torch']}   pyro {result['pyro']}",
+        f"batch {result['config']['batch_size']}, MLP 784-400-50, median of {result['config']['repeats']} repeats",
+        "",
+        f"{'path':16s} {'img/s':>9s} {'s/epoch':>9s} {'peak MB':>9s} {'test -ELBO':>16s}  what",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['path']:16s} {r['images_per_second']:9.0f} {r['seconds_per_epoch']:9.2f} {r['peak_memory_mb']:9.0f} "
+            f"{r['test_neg_elbo']:9.2f} ± {r['test_neg_elbo_se']:4.2f}  {PATH_NOTES[r['path']]}"
+        )
+    lines.append("")
+    lines += [f"time ratio {k:28s} {v:.2f}" for k, v in result["ratios"].items()]
+    e = result["evaluation"]
+    lines += [
+        "",
+        f"held-out IS, K={e['k']}: batched {e['batched_images_per_second']:.2f} img/s ({e['batched_images']} images), "
+        f"per-image loop {e['loop_images_per_second']:.2f} img/s ({e['loop_images']} images), "
+        f"speed-up {e['speedup']:.2f}x",
+        f"test -ELBO after {result['rows'][0]['epochs_trained']:.2f} epochs each "
+        "(closed-form KL, fixed test binarization)",
+    ]
+    return "\n".join(lines)
+
+
+def save(result: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
