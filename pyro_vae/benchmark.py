@@ -126,8 +126,8 @@ def _run_path(name: str, cfg: BenchmarkConfig) -> dict[str, Any]:
             def step(n: int) -> None:
                 done = 0
                 while done < n:  # whole passes of the permutation, as training runs them
-                    _, after = run_epoch(vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16")
-                    done += after
+                    progress = run_epoch(vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16")
+                    done += progress.batches
 
     times = _time_steps(step, steps, cfg.warmup_steps, cfg.repeats, device)
     per_step = statistics.median(times) / steps

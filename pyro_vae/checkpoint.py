@@ -1,27 +1,46 @@
-"""Checkpoints: written atomically, and loadable back into a ready VAE."""
+"""Checkpoints: written atomically, loaded without running code, and complete enough to resume
+a run exactly.
+
+A checkpoint holds only tensors and plain Python values (dicts, lists, numbers, strings), so it
+loads with ``torch.load(weights_only=True)``: a crafted file cannot execute code. What it holds:
+model, optimiser and Pyro param-store state (param-store constraints by name), the run's config,
+the epoch and global step, the position inside an interrupted epoch, the RNG states (Python, NumPy,
+torch CPU and CUDA, the data generator), and the best validation loss so far.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
+from pyro.distributions import constraints
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.model import VAE, build_vae
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# format 1 (before resume): no RNG states or position; loads for evaluation, cannot resume
+READABLE_FORMATS = (1, 2)
+# settings that decide the shape of the model: a checkpoint only fits a run that agrees on them
+MODEL_FIELDS = ("net", "z_dim", "hidden", "prior", "likelihood", "likelihood_scale")
+
+
+class CheckpointError(PyroVAEError):
+    """A checkpoint is missing, unreadable, unsafe, or made for another model."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename, so an
-    interrupted write never replaces a good checkpoint with a broken one."""
+    """Write ``state`` to ``path`` through a temporary file in the same folder, flushed and fsynced,
+    then renamed over ``path``: a write interrupted at any point leaves the old file intact."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -31,47 +50,183 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # make the rename itself durable
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _constraint_name(c: constraints.Constraint) -> str:
+    for name in dir(constraints):
+        if getattr(constraints, name) is c:
+            return name
+    raise CheckpointError(f"a Pyro param has the constraint {c!r}, which has no name a safe checkpoint can store")
+
+
+def param_store_state() -> dict[str, Any]:
+    """Pyro's param store as tensors and constraint names (``get_state`` pickles constraint objects)."""
+    store = pyro.get_param_store()
+    return {
+        "params": {k: v.detach().clone() for k, v in store._params.items()},
+        "constraints": {k: _constraint_name(c) for k, c in store._constraints.items()},
+    }
+
+
+def restore_param_store(state: dict[str, Any]) -> None:
+    store = pyro.get_param_store()
+    store.clear()
+    for name, unconstrained in state["params"].items():
+        constraint = getattr(constraints, state["constraints"][name])
+        store.setdefault(name, torch.distributions.transform_to(constraint)(unconstrained), constraint)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random state that decides what happens next."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": None if generator is None else generator.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state["data"] is not None:
+        generator.set_state(state["data"])
+
+
+def _tuples(x: Any) -> Any:
+    # random.setstate wants the nested tuples that getstate gave
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 def training_state(
-    vae: VAE, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int, step: int
+    vae: VAE,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    step: int,
+    *,
+    generator: torch.Generator | None = None,
+    position: dict[str, Any] | None = None,
+    best: float | None = None,
 ) -> dict[str, Any]:
-    """Everything a checkpoint holds: model, optimiser and Pyro param-store state, position, config."""
+    """Everything a checkpoint holds.
+
+    :param epoch: epochs completed.
+    :param position: inside an interrupted epoch: its permutation, the batches done and the loss so far.
+    :param best: the best validation loss so far (for ``best.pt``).
+    """
     return {
         "format_version": FORMAT_VERSION,
         "model": vae.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "param_store": pyro.get_param_store().get_state(),
+        "param_store": param_store_state(),
         "epoch": epoch,
         "step": step,
+        "position": position,
+        "best": best,
+        "rng": rng_state(generator),
         "event_shape": list(vae.event_shape),
         "config": config.to_dict(),
     }
 
 
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely: tensors and plain values only, else a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"refused {path}: it holds Python objects that could run code when loaded ({reason[:160]}); "
+                "load only checkpoints written by pyro_vae from a source you trust"
+            ) from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({type(exc).__name__}: {reason[:160]}); "
+            "use another checkpoint of the run (checkpoints/last.pt, best.pt or epochNNNN.pt)"
+        ) from None
+    missing = {"format_version", "model", "config", "event_shape"} - set(state if isinstance(state, dict) else {})
+    if missing:
+        raise CheckpointError(f"{path} is not a pyro_vae checkpoint (no {', '.join(sorted(missing))})")
+    if state["format_version"] not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format_version']}, this pyro_vae reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
+        )
+    return state
+
+
+def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the first model setting that differs."""
+    saved = TrainConfig.from_dict(state["config"])
+    for name in MODEL_FIELDS:
+        a, b = getattr(saved, name), getattr(config, name)
+        if a != b:
+            raise CheckpointError(
+                f"checkpoint {path} was saved with {name}={a!r} but the run asks for {name}={b!r}; "
+                "use the checkpoint's own settings or a checkpoint of this model"
+            )
+
+
+def load_model_state(vae: VAE, state: dict[str, Any], path: str | Path) -> None:
+    """``load_state_dict`` with a one-line error naming missing, unexpected or mis-shaped entries."""
+    own = vae.state_dict()
+    theirs = state["model"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = [
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in theirs and theirs[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else ""]
+        parts.append(f"shape {shapes[0]}" if shapes else "")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model: {'; '.join(p for p in parts if p)}; "
+            "it was made for another architecture or prior"
+        )
+    vae.load_state_dict(theirs)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest epoch checkpoint of a run folder."""
-    found = sorted(Path(run_dir, "checkpoints").glob("epoch*.pt"))
+    """The run's ``checkpoints/last.pt``, or else its newest epoch checkpoint."""
+    folder = Path(run_dir, "checkpoints")
+    if (folder / "last.pt").is_file():
+        return folder / "last.pt"
+    found = sorted(folder.glob("epoch*.pt"))
     if not found:
-        raise PyroVAEError(f"no checkpoint in {Path(run_dir, 'checkpoints')}; is {run_dir} a run folder of train.py?")
+        raise CheckpointError(f"no checkpoint in {folder}; is {run_dir} a run folder of pyro-vae-train?")
     return found[-1]
 
 
 def load_run(
     run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> tuple[VAE, TrainConfig, dict[str, Any]]:
-    """Rebuild the trained VAE of a run folder.
+    """Rebuild the trained VAE of a run folder, safely.
 
     :param run_dir: folder written by :func:`pyro_vae.train`.
-    :param checkpoint: a particular checkpoint file; default the newest.
+    :param checkpoint: a particular checkpoint file; default ``checkpoints/last.pt``.
     :param device: where to put the model.
     :returns: ``(vae, config, checkpoint_dict)``; the VAE is in eval mode.
     """
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:
-        raise PyroVAEError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    state = read_checkpoint(path, device)
     config = TrainConfig.from_dict(state["config"])
     vae = build_vae(
         state["event_shape"],
@@ -82,6 +237,6 @@ def load_run(
         config.likelihood,
         config.likelihood_scale,
     )
-    vae.load_state_dict(state["model"])
-    pyro.get_param_store().set_state(state["param_store"])
+    load_model_state(vae, state, path)
+    restore_param_store(state["param_store"])
     return vae.to(device).eval(), config, state

@@ -7,14 +7,22 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from pyro_vae.config import DATASETS, DEVICES, ELBOS, LIKELIHOOD_NAMES, NETS, PRIOR_NAMES, SCHEDULES, TrainConfig
 from pyro_vae.errors import PyroVAEError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: no usage block, the problem and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def train_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pyro-vae-train",
         description="Train a Pyro VAE with SVI on binarized MNIST or Fashion-MNIST.",
     )
@@ -36,6 +44,9 @@ def train_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="images per SVI step (default %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
+    a("--clip-grad", type=float, default=d.clip_grad, help="clip the gradient norm to this value")
+    a("--validation", type=int, default=d.validation, help="hold out the last N training images to pick best.pt")
+    a("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR from its last checkpoint (with --epochs)")
     a(
         "--elbo",
         choices=ELBOS,
@@ -70,8 +81,13 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _run(fn: Callable[[], None]) -> int:
+    from pyro_vae.training import Interrupted
+
     try:
         fn()
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except PyroVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -80,14 +96,29 @@ def _run(fn: Callable[[], None]) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``pyro-vae-train``: parse flags, train, print where the run went."""
-    args = vars(train_parser().parse_args(argv))
+    parser = train_parser()
+    args = vars(parser.parse_args(argv))
+    resume_dir = args.pop("resume")
     args["hidden"] = tuple(args["hidden"])
     config = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
+    if resume_dir is not None:
+        defaults = TrainConfig()
+        extra = [
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in ("epochs", "progress") and getattr(config, f.name) != getattr(defaults, f.name)
+        ]
+        if extra:
+            parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} (only --epochs may change)")
 
     def go() -> None:
-        from pyro_vae.training import train
+        from pyro_vae.training import resume, train
 
-        result = train(config)
+        if resume_dir is not None:
+            epochs = None if config.epochs == TrainConfig().epochs else config.epochs
+            result = resume(resume_dir, epochs=epochs, progress=config.progress)
+        else:
+            result = train(config)
         last = result.metrics[-1]
         print(
             f"done: {result.run_dir}  epoch {last['epoch']:.0f}  "
@@ -98,7 +129,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pyro-vae-evaluate",
         description="Held-out ELBO (both KL estimators) and importance-sampled log-likelihood of a trained run.",
     )
@@ -180,7 +211,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     from pyro_vae.benchmark import PATH_NOTES, BenchmarkConfig
 
     d = BenchmarkConfig()
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pyro-vae-benchmark",
         description="Time pyro_vae's training path against the conventional Pyro loop and plain PyTorch, "
         "and batched against per-image held-out evaluation.",

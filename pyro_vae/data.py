@@ -199,8 +199,14 @@ class ResidentBatches:
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
+    def permutation(self) -> torch.Tensor:
+        """A fresh order of the images, drawn with the generator on their device."""
+        return torch.randperm(len(self.images), device=self.images.device, generator=self.generator)
+
+    def batches(self, perm: torch.Tensor, start: int = 0) -> Iterator[torch.Tensor]:
+        """The batches of one epoch in the order ``perm``, from batch ``start`` on (resuming)."""
+        for first in range(start * self.batch_size, len(perm), self.batch_size):
+            yield prepare(self.images[perm[first : first + self.batch_size]], self.kind, self.generator)
+
     def __iter__(self) -> Iterator[torch.Tensor]:
-        n = len(self.images)
-        perm = torch.randperm(n, device=self.images.device, generator=self.generator)
-        for start in range(0, n, self.batch_size):
-            yield prepare(self.images[perm[start : start + self.batch_size]], self.kind, self.generator)
+        return self.batches(self.permutation())

@@ -1,4 +1,4 @@
-"""SVI training: ``train(config) -> TrainResult``.
+"""SVI training: ``train(config) -> TrainResult`` and ``resume(run_dir) -> TrainResult``.
 
 The objective is Pyro's own ``Trace_ELBO`` (Monte-Carlo KL) or ``TraceMeanField_ELBO``
 (closed-form KL where one exists), or the importance-weighted bound
@@ -6,34 +6,68 @@ The objective is Pyro's own ``Trace_ELBO`` (Monte-Carlo KL) or ``TraceMeanField_
 ``torch.optim.Adam`` over the VAE's parameters, the pattern of Pyro's
 ``examples/svi_torch.py``. The loop adds no host-device synchronisation of its
 own: the loss is summed on the device and read every ``log_every`` steps.
+
+A run survives interruption: SIGINT/SIGTERM finish the current step and write
+``checkpoints/last.pt``; :func:`resume` continues from it with every random state restored,
+so the finished run is the same, to the last digit on the CPU, as one never interrupted.
+A non-finite loss or gradient stops the run at the next check with the last good state saved.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import io
 import json
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
-from pyro_vae.checkpoint import save_checkpoint, training_state
+from pyro_vae.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    latest_checkpoint,
+    load_model_state,
+    read_checkpoint,
+    restore_param_store,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    training_state,
+)
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, ResidentBatches, from_raw, load_raw
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.data import ImageData, ResidentBatches, from_raw, load_raw, prepare
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.images import save_reconstructions, save_samples
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.priors import has_closed_form_kl
 
-METRICS_FIELDS = ("epoch", "train_loss", "test_loss", "seconds")
+METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
+
+
+class Interrupted(PyroVAEError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(PyroVAEError):
+    """The loss or a gradient became NaN or infinite; the last good state was saved."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +112,7 @@ def describe_objective(vae: VAE, config: TrainConfig) -> str:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model, per-epoch metrics and the run folder."""
+    """What :func:`train` and :func:`resume` return: the trained model, per-epoch metrics, the run folder."""
 
     vae: VAE
     config: TrainConfig
@@ -93,19 +127,71 @@ def _default_out(config: TrainConfig) -> str:
 def _prepare_run_dir(out: str) -> Path:
     run_dir = Path(out)
     if (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run (config.json); pass a new --out folder")
+        raise ConfigError(f"{run_dir} already holds a run (config.json); pass a new --out, or --resume {run_dir}")
     for sub in ("", "checkpoints", "images"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
-    """Train a VAE with SVI and write the run folder.
+def check_image_data(data: ImageData) -> None:
+    """Refuse data that cannot be trained on, with one line naming the problem and the fix."""
+    for name, x in (("training", data.train), ("test", data.test)):
+        if len(x) == 0:
+            raise DataError(f"the {name} set is empty; check --limit-train/--limit-test and the data folder")
+    if data.train.dtype != torch.uint8:
+        raise DataError(
+            f"training images must be uint8 intensities 0..255, got {data.train.dtype}; pass raw pixels and "
+            "pyro_vae prepares them for the likelihood"
+        )
+    if data.train.dim() < 2:
+        raise DataError(f"training images must be shaped (N, ...), got {tuple(data.train.shape)}")
+    if data.test.shape[1:] != data.train.shape[1:]:
+        raise DataError(
+            f"test images are shaped {tuple(data.test.shape[1:])} but training images {tuple(data.train.shape[1:])}"
+        )
 
-    :param config: all settings; validated first.
-    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks).
-    :returns: the trained VAE, its config (device and folder resolved) and metrics.
-    """
+
+@dataclass
+class _Run:
+    """The live state of a training run: what the loop reads and what checkpoints save."""
+
+    config: TrainConfig
+    vae: VAE
+    elbo: Any
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    batches: ResidentBatches
+    val: torch.Tensor | None
+    test: torch.Tensor
+    run_dir: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * len(self.batches)
+
+    def weight(self, step: int) -> float:
+        c = self.config
+        return kl_weight(
+            step,
+            len(self.batches),
+            self.total_steps,
+            beta=c.beta,
+            schedule=c.kl_schedule,
+            warmup=c.warmup,
+            warmup_unit=c.warmup_unit,
+            cycles=c.cycles,
+        )
+
+    def state(self, epoch: int, step: int, position: dict | None = None, best: float | None = None) -> dict:
+        return training_state(
+            self.vae, self.optimizer, self.config, epoch, step, generator=self.generator, position=position, best=best
+        )
+
+
+def _setup(config: TrainConfig, data: ImageData | None) -> _Run:
+    """Everything before the first step: validate settings and data, load, build. Raises before
+    anything is written, so a bad input never leaves a half-made run folder."""
     config.validate()
     device = resolve_device(config.device)
     if config.bf16 and device.type != "cuda":
@@ -126,92 +212,387 @@ def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
             f"the data were prepared as {data.kind!r} but --likelihood {config.likelihood} expects {kind!r}; "
             f"load them with load_data(..., kind={kind!r})"
         )
-    if config.batch_size > len(data.train):
+    check_image_data(data)
+    train_images, val = data.train, None
+    if config.validation:
+        if config.validation >= len(data.train):
+            raise ConfigError(
+                f"--validation {config.validation} leaves no training images out of {len(data.train)}; lower it"
+            )
+        train_images = data.train[: -config.validation]
+        # held out once, binarized once with a seed of its own, like the test set
+        g = torch.Generator().manual_seed(config.test_binarization_seed + 1)
+        val = prepare(data.train[-config.validation :], kind, g)
+    if config.batch_size > len(train_images):
         raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(data.train)} training images; lower it"
+            f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
         )
     vae.likelihood.check_data(data.test, "test images")
-    data = data.to(device)
     vae.to(device)
-
-    run_dir = _prepare_run_dir(config.out)
-    objective = describe_objective(vae, config)
-    versions = {"torch": torch.__version__, "pyro": pyro.__version__}
-    (run_dir / "config.json").write_text(
-        json.dumps({**config.to_dict(), "objective": objective, "versions": versions}, indent=2) + "\n"
-    )
-    tqdm.write(objective)
-    elbo = make_elbo(config.elbo, config.particles)
     if config.compile:
         vae.encoder.compile()  # in place: state_dict keys stay as they are
         vae.decoder.compile()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    batches = ResidentBatches(data.train, config.batch_size, generator, kind)
-    total_steps = config.epochs * len(batches)
-    # a fixed handful of test images, so every epoch's picture shows the same digits
-    shown = data.test[:8]
+    return _Run(
+        config=config,
+        vae=vae,
+        elbo=make_elbo(config.elbo, config.particles),
+        optimizer=torch.optim.Adam(vae.parameters(), lr=config.lr),
+        generator=generator,
+        batches=ResidentBatches(train_images.to(device), config.batch_size, generator, kind),
+        val=None if val is None else val.to(device),
+        test=data.test.to(device),
+        run_dir=Path(config.out),
+    )
 
-    metrics: list[dict[str, float]] = []
-    step = 0
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        csv.writer(f).writerow(METRICS_FIELDS)
 
-    def weight(s: int) -> float:
-        return kl_weight(
-            s,
-            len(batches),
-            total_steps,
-            beta=config.beta,
-            schedule=config.kl_schedule,
-            warmup=config.warmup,
-            warmup_unit=config.warmup_unit,
-            cycles=config.cycles,
+def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
+    """Train a VAE with SVI and write the run folder.
+
+    :param config: all settings; validated, with the data, before anything is written.
+    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks).
+    :returns: the trained VAE, its config (device and folder resolved) and metrics.
+    :raises Interrupted: SIGINT/SIGTERM stopped it; ``checkpoints/last.pt`` holds the state.
+    :raises NonFiniteLoss: the loss went NaN/Inf; the last good state is saved.
+    """
+    run = _setup(config, data)
+    _prepare_run_dir(run.config.out)  # type: ignore[arg-type]
+    objective = describe_objective(run.vae, run.config)
+    versions = {"torch": torch.__version__, "pyro": pyro.__version__}
+    (run.run_dir / "config.json").write_text(
+        json.dumps({**run.config.to_dict(), "objective": objective, "versions": versions}, indent=2) + "\n"
+    )
+    _write_metrics(run.run_dir, [])
+    tqdm.write(objective)
+    return _fit(run, epoch=0, step=0, position=None, best=None)
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The settings a run folder was trained with."""
+    path = Path(run_dir, "config.json")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json); pass a folder of pyro-vae-train")
+    saved = json.loads(path.read_text())
+    return TrainConfig.from_dict({k: v for k, v in saved.items() if k not in ("objective", "versions")})
+
+
+def resume(
+    run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None, data: ImageData | None = None
+) -> TrainResult:
+    """Continue a run from ``checkpoints/last.pt`` (written each epoch and on SIGINT/SIGTERM) with
+    everything that decides the future restored: model, optimiser and param store, the position in
+    the epoch and the KL schedule, and every random state.
+
+    :param epochs: train to this many epochs in all (default: the run's own ``epochs``).
+    :param progress: override the run's progress-bar setting.
+    :param data: the same images the run was started with, when it was not loaded by name.
+    """
+    config = read_run_config(run_dir)
+    config = replace(
+        config,
+        epochs=config.epochs if epochs is None else epochs,
+        progress=config.progress if progress is None else progress,
+        out=str(run_dir),
+    )
+    path = latest_checkpoint(run_dir)
+    state = read_checkpoint(path)
+    if state["format_version"] < 2:
+        raise CheckpointError(f"{path} predates resuming (format 1): it can be evaluated, not resumed")
+    check_compatible(state, config, path)
+    if state["epoch"] >= config.epochs and state["position"] is None:
+        raise ConfigError(
+            f"{run_dir} has already trained {state['epoch']} of {config.epochs} epochs; "
+            f"pass --epochs N with N > {state['epoch']} to go on"
         )
+    if config.kl_schedule == "cyclical" and config.epochs != TrainConfig.from_dict(state["config"]).epochs:
+        raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
+    run = _setup(config, data)
+    device = next(run.vae.parameters()).device
+    state = read_checkpoint(path, device)
+    load_model_state(run.vae, state, path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    restore_param_store(state["param_store"])
+    restore_rng(state["rng"], run.generator)
+    run.metrics = [m for m in _read_metrics(run.run_dir) if m["epoch"] <= state["epoch"]]
+    _write_metrics(run.run_dir, run.metrics)
+    where = f"epoch {state['epoch'] + 1}" + (f", step {state['position']['batch'] + 1}" if state["position"] else "")
+    tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
+    return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
 
-    for epoch in range(1, config.epochs + 1):
-        vae.train()
-        start = time.perf_counter()
-        bar = tqdm(
-            total=len(data.train),
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="img",
-            unit_scale=True,
-            disable=not config.progress,
-            leave=False,
-        )
-        total, step = run_epoch(
-            vae,
-            elbo,
-            optimizer,
-            batches,
-            step=step,
-            weight=weight,
-            bar=bar,
-            log_every=config.log_every,
-            bf16=config.bf16,
-        )
-        train_loss = total.item() / len(data.train)
-        seconds = time.perf_counter() - start
-        bar.close()
 
-        vae.eval()
-        test_loss = heldout_loss(vae, elbo, data.test, config.eval_batch_size)
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
-            raise PyroVAEError(
-                f"loss became non-finite in epoch {epoch} (train {train_loss}, test {test_loss}); "
-                f"lower --lr (now {config.lr}); the last good checkpoint is in {run_dir / 'checkpoints'}"
+class _StopRequests:
+    """SIGINT/SIGTERM set a flag that the loop reads after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _fit(run: _Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
+    config, vae = run.config, run.vae
+    device = next(vae.parameters()).device
+    shown = run.test[:8]  # the same test images in every epoch's picture
+    with _StopRequests() as stop:
+        while epoch < config.epochs:
+            vae.train()
+            if position is None:
+                perm, start, carried, elapsed = run.batches.permutation(), 0, 0.0, 0.0
+            else:
+                perm, start = position["perm"].to(device), position["batch"]
+                carried, elapsed = position["total"], position["seconds"]
+                position = None
+            bar = tqdm(
+                total=len(perm),
+                initial=min(start * config.batch_size, len(perm)),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="img",
+                unit_scale=True,
+                disable=not config.progress,
+                leave=False,
             )
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss, "seconds": seconds}
-        metrics.append(row)
-        with open(run_dir / "metrics.csv", "a", newline="") as f:
-            csv.writer(f).writerow([row[k] for k in METRICS_FIELDS])
-        _write_epoch_files(vae, optimizer, config, run_dir, epoch, step, shown)
-        tqdm.write(
-            f"epoch {epoch}: train {train_loss:.2f}  test {test_loss:.2f} nats/image  "
-            f"{seconds:.1f}s ({len(data.train) / seconds:.0f} img/s)"
+            t0 = time.perf_counter()
+            snapshot = _snapshot(run, start, step, carried)
+
+            def on_check(done: int, at_step: int, total: float, start: int = start) -> None:
+                nonlocal snapshot
+                snapshot = _snapshot(run, start + done, at_step, total)
+
+            progress = run_epoch(
+                vae,
+                run.elbo,
+                run.optimizer,
+                run.batches.batches(perm, start),
+                step=step,
+                weight=run.weight,
+                bar=bar,
+                log_every=config.log_every,
+                bf16=config.bf16,
+                clip=config.clip_grad,
+                should_stop=stop.requested,
+                on_check=on_check,
+                total=torch.tensor(carried, device=device),
+            )
+            bar.close()
+            seconds = elapsed + time.perf_counter() - t0
+            if progress.nonfinite:
+                _stop_nonfinite(run, epoch, perm, snapshot, best)
+            step = progress.step
+            done = start + progress.batches
+            if progress.stopped and done < len(run.batches):
+                at = {"perm": perm.cpu(), "batch": done, "total": progress.total.item(), "seconds": seconds}
+                _interrupt(run, stop.signum, epoch, step, at, best)  # type: ignore[arg-type]
+            epoch += 1
+            train_loss = progress.total.item() / len(perm)
+            vae.eval()
+            val_loss = heldout_loss(vae, run.elbo, run.val, config.eval_batch_size) if run.val is not None else math.nan
+            test_loss = heldout_loss(vae, run.elbo, run.test, config.eval_batch_size)
+            selection = val_loss if run.val is not None else test_loss
+            improved = best is None or selection < best
+            best = selection if improved else best
+            t_ckpt = time.perf_counter()
+            _write_checkpoints(run, epoch, step, best, improved)
+            checkpoint_seconds = time.perf_counter() - t_ckpt
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "test_loss": test_loss,
+                "seconds": seconds,
+                "checkpoint_seconds": checkpoint_seconds,
+            }
+            run.metrics.append(row)
+            _write_metrics(run.run_dir, run.metrics)
+            _save_pictures(run, shown, epoch)
+            val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
+            tqdm.write(
+                f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image  "
+                f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)"
+            )
+            if stop.requested() and epoch < config.epochs:
+                _interrupt(run, stop.signum, epoch, step, None, best, saved=True)  # type: ignore[arg-type]
+    return TrainResult(vae, config, run.metrics, run.run_dir)
+
+
+def _save_pictures(run: _Run, shown: torch.Tensor, epoch: int) -> None:
+    """Reconstructions and prior samples. Drawn with a forked RNG and a fixed seed: every epoch shows
+    the same z, and the pictures never shift the training's random stream (exact resume)."""
+    device = next(run.vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(run.config.seed)
+        images = run.run_dir / "images"
+        save_reconstructions(shown, run.vae.reconstruct(shown), images / f"reconstructions_epoch{epoch:04d}.png")
+        save_samples(run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png")
+
+
+def _interrupt(
+    run: _Run, signum: int, epoch: int, step: int, position: dict | None, best: float | None, saved: bool = False
+) -> None:
+    last = run.run_dir / "checkpoints" / "last.pt"
+    if not saved:
+        save_checkpoint(last, run.state(epoch, step, position, best))
+    name = signal.Signals(signum).name
+    where = f"epoch {epoch + 1}, step {position['batch']}" if position else f"the end of epoch {epoch}"
+    raise Interrupted(
+        f"stopped by {name} at {where}; saved {last}; resume with: pyro-vae-train --resume {run.run_dir}", signum
+    )
+
+
+@dataclass
+class _Snapshot:
+    """The state at the last check that found everything finite."""
+
+    batch: int
+    step: int
+    total: float
+    model: dict
+    optimizer: dict
+    rng: dict
+
+
+def _snapshot(run: _Run, batch: int, step: int, total: float) -> _Snapshot:
+    return _Snapshot(
+        batch,
+        step,
+        total,
+        {k: v.detach().clone() for k, v in run.vae.state_dict().items()},
+        copy.deepcopy(run.optimizer.state_dict()),
+        copy.deepcopy(rng_state(run.generator)),
+    )
+
+
+def _restore(run: _Run, snap: _Snapshot) -> None:
+    run.vae.load_state_dict(snap.model)
+    run.optimizer.load_state_dict(snap.optimizer)
+    restore_rng(snap.rng, run.generator)
+
+
+def _stop_nonfinite(run: _Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, best: float | None) -> None:
+    """Go back to the last good check, replay step by step to find the first bad step, save the
+    state just before it, name the term that went non-finite, and stop."""
+    _restore(run, snap)
+    batch, step, total = snap.batch, snap.step, snap.total
+    x: torch.Tensor | None = None
+    while batch < len(run.batches):
+        before = _snapshot(run, batch, step, total)
+        x = next(run.batches.batches(perm, batch))
+        p = run_epoch(
+            run.vae,
+            run.elbo,
+            run.optimizer,
+            [x],
+            step=step,
+            weight=run.weight,
+            clip=run.config.clip_grad,
+            total=torch.tensor(total, device=x.device),
         )
-    return TrainResult(vae, config, metrics, run_dir)
+        if p.nonfinite:
+            _restore(run, before)
+            break
+        batch, step, total = batch + 1, p.step, p.total.item()
+    else:  # not reproduced (non-deterministic kernels): keep the last good check
+        _restore(run, snap)
+        batch, step, total, x = snap.batch, snap.step, snap.total, None
+    last = run.run_dir / "checkpoints" / "last.pt"
+    position = {"perm": perm.cpu(), "batch": batch, "total": total, "seconds": 0.0}
+    save_checkpoint(last, run.state(epoch, step, position, best))
+    what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
+    raise NonFiniteLoss(
+        f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
+        f"try a lower --lr (now {run.config.lr:g}), --clip-grad 100, or a KL warm-up (--kl-schedule linear --warmup 1)"
+    )
+
+
+@torch.no_grad()
+def _nonfinite_term(run: _Run, x: torch.Tensor, step: int) -> str:
+    """Which ELBO term is NaN/Inf for batch ``x`` with the same z draws as the failed step."""
+    vae = run.vae
+    vae.kl_weight = run.weight(step)
+    with pyro.validation_enabled(False):
+        guide_tr = poutine.trace(vae.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    recon = sum(s["fn"].log_prob(s["value"]).sum() for s in model_tr.nodes.values() if s.get("is_observed"))
+    kl = sum(
+        guide_tr.nodes[n]["fn"].log_prob(s["value"]).sum() - s["fn"].log_prob(s["value"]).sum()
+        for n, s in model_tr.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and n in guide_tr.nodes
+    )
+    bad = [name for name, v in (("the reconstruction term", recon), ("the KL term", kl)) if not torch.isfinite(v)]
+    if not bad:
+        return "a gradient (the loss itself was finite)"
+    return " and ".join(bad)
+
+
+def _write_checkpoints(run: _Run, epoch: int, step: int, best: float | None, improved: bool) -> None:
+    """``epochNNNN.pt`` written atomically; ``last.pt`` and (when the selection loss improved)
+    ``best.pt`` as atomic hard links to it; older epoch files pruned to ``keep_checkpoints``."""
+    folder = run.run_dir / "checkpoints"
+    path = folder / f"epoch{epoch:04d}.pt"
+    save_checkpoint(path, run.state(epoch, step, None, best))
+    _link(path, folder / "last.pt")
+    if improved:
+        _link(path, folder / "best.pt")
+    if run.config.keep_checkpoints is not None:
+        for old in sorted(folder.glob("epoch*.pt"))[: -run.config.keep_checkpoints]:
+            old.unlink()  # best.pt and last.pt keep their own link to the data
+
+
+def _link(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system: a second atomic write
+        save_checkpoint(dst, torch.load(src, weights_only=True))
+        return
+    os.replace(tmp, dst)
+
+
+def _write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(METRICS_FIELDS)
+    for row in rows:
+        writer.writerow(["" if isinstance(row[k], float) and math.isnan(row[k]) else row[k] for k in METRICS_FIELDS])
+    tmp = run_dir / ".metrics.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    for r in csv.DictReader(path.open()):
+        rows.append({k: (int(v) if k == "epoch" else float(v) if v != "" else math.nan) for k, v in r.items()})
+    return rows
+
+
+@dataclass
+class EpochProgress:
+    """What :func:`run_epoch` did."""
+
+    total: torch.Tensor  # summed loss of the steps taken, on the device
+    step: int  # global step after the last step taken
+    batches: int  # steps taken
+    stopped: bool = False  # a stop was requested
+    nonfinite: bool = False  # a NaN/Inf loss or gradient was seen since the last good check
 
 
 def run_epoch(
@@ -226,54 +607,62 @@ def run_epoch(
     log_every: int = 50,
     max_steps: int | None = None,
     bf16: bool = False,
-) -> tuple[torch.Tensor, int]:
+    clip: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_check: Callable[[int, int, float], None] | None = None,
+    total: torch.Tensor | None = None,
+) -> EpochProgress:
     """SVI steps over ``batches``: the training hot path, shared by :func:`train` and the benchmark.
 
     Pyro's per-step distribution checks are off inside: the data were checked once up front, and
-    each check costs ~20% of a CPU step and a device sync on CUDA. The loss is summed on the
-    device; with a progress ``bar`` it is read back every ``log_every`` steps, else never.
+    each check costs ~20% of a CPU step and a device sync on CUDA. The loss is summed on the device,
+    and NaN/Inf in the loss or the gradient norm raises a flag on the device; both are read back
+    only every ``log_every`` steps and at the end, so the loop never waits for the device in between.
 
     :param weight: the KL weight for a global step number (default 1).
     :param max_steps: stop after this many steps (benchmarks).
     :param bf16: CUDA autocast to bfloat16 for the networks; the densities stay float32.
-    :returns: ``(summed loss, global step after the last one)``.
+    :param clip: clip the gradient norm to this value.
+    :param should_stop: polled after each step; True ends the call (signals).
+    :param on_check: called at each check that found everything finite, with (steps taken, global step,
+        summed loss), to snapshot the last good state.
+    :param total: the loss summed so far in this epoch (a resumed epoch), continued in float32 so the
+        sum is the same, bit for bit, as an uninterrupted epoch's.
     """
     device = next(vae.parameters()).device
-    total = torch.zeros((), device=device)
-    seen_at_log, total_at_log = 0, 0.0
+    params = [p for p in vae.parameters() if p.requires_grad]
+    total = torch.zeros((), device=device) if total is None else total.clone()
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    seen_at_log, total_at_log, taken = 0, 0.0, 0
     with pyro.validation_enabled(False), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        for i, x in enumerate(batches, 1):
+        for x in batches:
             vae.kl_weight = 1.0 if weight is None else weight(step)
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            grads = [p.grad for p in params if p.grad is not None]
+            if clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            else:
+                norm = torch.nn.utils.get_total_norm(grads)
+            bad |= ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
             optimizer.step()
             total += loss.detach()
             step += 1
+            taken += 1
             if bar is not None and not bar.disable:
                 bar.update(len(x))
-                if i % log_every == 0:
-                    now = total.item()  # the only sync in the loop, once per log interval
+            if taken % log_every == 0:
+                if bad.item():  # one sync per log interval
+                    return EpochProgress(total, step, taken, nonfinite=True)
+                now = total.item()
+                if on_check is not None:
+                    on_check(taken, step, now)
+                if bar is not None and not bar.disable:
                     bar.set_postfix(loss=f"{(now - total_at_log) / (bar.n - seen_at_log):.2f}")
                     seen_at_log, total_at_log = bar.n, now
-            if max_steps is not None and i >= max_steps:
+            if should_stop is not None and should_stop():
+                return EpochProgress(total, step, taken, stopped=True, nonfinite=bool(bad.item()))
+            if max_steps is not None and taken >= max_steps:
                 break
-    return total, step
-
-
-def _write_epoch_files(
-    vae: VAE,
-    optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
-    run_dir: Path,
-    epoch: int,
-    step: int,
-    shown: torch.Tensor,
-) -> None:
-    ckpt_dir = run_dir / "checkpoints"
-    save_checkpoint(ckpt_dir / f"epoch{epoch:04d}.pt", training_state(vae, optimizer, config, epoch, step))
-    if config.keep_checkpoints is not None:
-        for old in sorted(ckpt_dir.glob("epoch*.pt"))[: -config.keep_checkpoints]:
-            old.unlink()
-    save_reconstructions(shown, vae.reconstruct(shown), run_dir / "images" / f"reconstructions_epoch{epoch:04d}.png")
-    save_samples(vae.sample(64), run_dir / "images" / f"samples_epoch{epoch:04d}.png")
+    return EpochProgress(total, step, taken, nonfinite=bool(bad.item()))

@@ -25,8 +25,7 @@ def losses(vae, elbo_name, images, steps=6, validate=None, bf16=False):
     out = []
     if validate is None:  # the library's path
         for x in list(batches)[:steps]:
-            total, _ = run_epoch(vae, elbo, optimizer, [x], bf16=bf16)
-            out.append(total.item())
+            out.append(run_epoch(vae, elbo, optimizer, [x], bf16=bf16).total.item())
         return out
     with pyro.validation_enabled(validate):  # a plain reference loop
         for x in list(batches)[:steps]:

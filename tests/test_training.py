@@ -45,12 +45,14 @@ def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
     assert saved["device"] == "cpu" and saved["versions"]["pyro"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "train_loss", "test_loss", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds"}
+    assert (run / "checkpoints" / "last.pt").samefile(run / "checkpoints" / "epoch0002.pt")
+    assert (run / "checkpoints" / "best.pt").is_file()
     for epoch in (1, 2):
         assert (run / "checkpoints" / f"epoch{epoch:04d}.pt").is_file()
         assert (run / "images" / f"reconstructions_epoch{epoch:04d}.png").is_file()
         assert (run / "images" / f"samples_epoch{epoch:04d}.png").is_file()
-    state = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=True)
     assert {"model", "optimizer", "param_store", "epoch", "step", "config"} <= set(state)
     assert state["epoch"] == 2 and state["step"] == 2 * 3  # 96 images / 32 per batch
 
@@ -81,7 +83,8 @@ def test_loaded_run_reproduces_the_heldout_loss(tmp_path, tiny_data):
 
 def test_keep_checkpoints_prunes_old_ones(tmp_path, tiny_data):
     result = train(tiny_config(tmp_path, epochs=3, keep_checkpoints=1), data=tiny_data)
-    assert [p.name for p in (result.run_dir / "checkpoints").iterdir()] == ["epoch0003.pt"]
+    names = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch0003.pt", "last.pt"]
 
 
 @pytest.mark.parametrize(
