@@ -3,8 +3,10 @@ conventional Pyro loop and a plain-PyTorch floor, on the same device, architectu
 784-400-50), batch size and number of steps; and the batched importance-sampled evaluation
 against a per-image loop.
 
-Each path runs in a fresh process (``spawn``), so its peak memory is its own and no state
-(thread pools, the param store, compiled kernels) leaks from one path to the next.
+Each path runs in a process of its own (``spawn``), so its peak memory is its own and no state
+(thread pools, the param store, compiled kernels) leaks from one path to the next. The repeats are
+interleaved, one round over all paths at a time, and each ratio is the median of its per-round
+ratios: a machine whose speed drifts over minutes (shared CPUs, clocks) then shifts every path alike.
 """
 
 from __future__ import annotations
@@ -75,77 +77,81 @@ def _binarize_sample(x: torch.Tensor) -> torch.Tensor:
     return torch.bernoulli(x)
 
 
-def _time_steps(step, steps: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
-    step(warmup)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step(steps)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _run_path(name: str, cfg: BenchmarkConfig) -> dict[str, Any]:
-    """One row: train ``warmup + repeats * steps`` steps, timing each repeat, then score the test set."""
+def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
+    """One row, in its own process: set up and warm up, then time one repeat per ``"repeat"``
+    message; on ``"finish"`` score the test set and report."""
     from pyro_vae.data import ResidentBatches, load_data
     from pyro_vae.evaluate import elbo_terms
     from pyro_vae.model import build_vae
     from pyro_vae.objectives import make_elbo
     from pyro_vae.training import resolve_device, run_epoch
 
-    device = resolve_device(cfg.device)
-    pyro.set_rng_seed(cfg.seed)
-    pyro.clear_param_store()
-    data = load_data("mnist", cfg.data_dir, download=False, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
-    n_train = len(data.train)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    steps = cfg.steps or steps_per_epoch
-    vae = build_vae(data.event_shape).to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    if name == "conventional":
-        step = _conventional_loop(vae, cfg, device)
-    else:
-        images = data.train.to(device)
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        batches = ResidentBatches(images, cfg.batch_size, generator)
-        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
-        if name == "pytorch":
-            step = _pytorch_loop(vae, optimizer, batches)
+    try:
+        device = resolve_device(cfg.device)
+        pyro.set_rng_seed(cfg.seed)
+        pyro.clear_param_store()
+        data = load_data("mnist", cfg.data_dir, download=False, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+        steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        steps = cfg.steps or steps_per_epoch
+        vae = build_vae(data.event_shape).to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        if name == "conventional":
+            step = _conventional_loop(vae, cfg, device)
         else:
-            elbo = make_elbo("analytic" if name == "ours-analytic" else "mc")
-            if name == "ours-mc-compile":
-                vae.encoder.compile()
-                vae.decoder.compile()
-            if name == "ours-mc-bf16" and device.type != "cuda":
-                raise ConfigError("ours-mc-bf16 needs CUDA")
+            images = data.train.to(device)
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            batches = ResidentBatches(images, cfg.batch_size, generator)
+            optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+            if name == "pytorch":
+                step = _pytorch_loop(vae, optimizer, batches)
+            else:
+                elbo = make_elbo("analytic" if name == "ours-analytic" else "mc")
+                if name == "ours-mc-compile":
+                    vae.encoder.compile()
+                    vae.decoder.compile()
+                if name == "ours-mc-bf16" and device.type != "cuda":
+                    raise ConfigError("ours-mc-bf16 needs CUDA")
 
-            def step(n: int) -> None:
-                done = 0
-                while done < n:  # whole passes of the permutation, as training runs them
-                    progress = run_epoch(vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16")
-                    done += progress.batches
+                def step(n: int) -> None:
+                    done = 0
+                    while done < n:  # whole passes of the permutation, as training runs them
+                        progress = run_epoch(
+                            vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16"
+                        )
+                        done += progress.batches
 
-    times = _time_steps(step, steps, cfg.warmup_steps, cfg.repeats, device)
-    per_step = statistics.median(times) / steps
-    vae.eval()
-    recon, kl, _ = elbo_terms(vae, data.test.to(device), analytic_kl=True, seed=cfg.seed)
-    neg_elbo = (kl - recon).double()
-    return {
-        "path": name,
-        "steps_timed": steps,
-        "repeat_seconds": times,
-        "seconds_per_epoch": per_step * steps_per_epoch,
-        "images_per_second": cfg.batch_size / per_step,
-        "peak_memory_mb": _peak_memory_mb(device),
-        "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
-        "test_neg_elbo": neg_elbo.mean().item(),
-        "test_neg_elbo_se": (neg_elbo.std() / math.sqrt(len(neg_elbo))).item(),
-        "epochs_trained": (cfg.warmup_steps + cfg.repeats * steps) / steps_per_epoch,
-    }
+        step(cfg.warmup_steps)
+        conn.send("ready")
+        times = []
+        while conn.recv() == "repeat":
+            _sync(device)
+            start = time.perf_counter()
+            step(steps)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            conn.send(times[-1])
+        per_step = statistics.median(times) / steps
+        vae.eval()
+        recon, kl, _ = elbo_terms(vae, data.test.to(device), analytic_kl=True, seed=cfg.seed)
+        neg_elbo = (kl - recon).double()
+        conn.send(
+            {
+                "path": name,
+                "steps_timed": steps,
+                "repeat_seconds": times,
+                "seconds_per_epoch": per_step * steps_per_epoch,
+                "images_per_second": cfg.batch_size / per_step,
+                "peak_memory_mb": _peak_memory_mb(device),
+                "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
+                "test_neg_elbo": neg_elbo.mean().item(),
+                "test_neg_elbo_se": (neg_elbo.std() / math.sqrt(len(neg_elbo))).item(),
+                "epochs_trained": (cfg.warmup_steps + len(times) * steps) / steps_per_epoch,
+            }
+        )
+    except BaseException as exc:  # report, so the parent fails with the reason instead of hanging
+        conn.send(f"error: {type(exc).__name__}: {exc}")
+        raise
 
 
 def _conventional_loop(vae, cfg: BenchmarkConfig, device: torch.device):
@@ -260,6 +266,12 @@ def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:
     }
 
 
+def _expect(message: Any, name: str) -> Any:
+    if isinstance(message, str) and message.startswith("error:"):
+        raise ConfigError(f"benchmark path {name} failed: {message[7:]}")
+    return message
+
+
 def _in_child(fn, *args):
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
@@ -290,20 +302,36 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
     if unknown:
         raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")
     device = resolve_device(cfg.device)
-    rows = []
-    for name in cfg.paths:
+    ctx = get_context("spawn")
+    workers = []
+    for name in cfg.paths:  # set up one at a time, so warm-ups do not compete
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_path_worker, args=(name, cfg, child))  # not daemonic: DataLoader workers
+        proc.start()
+        workers.append((name, proc, parent))
+        _expect(parent.recv(), name)
+    round_times: list[dict[str, float]] = []
+    for r in range(cfg.repeats):
         if progress:
-            print(f"timing {name} ...", flush=True)
-        rows.append(_in_child(_run_path, name, cfg))
+            print(f"round {r + 1}/{cfg.repeats}: " + ", ".join(cfg.paths), flush=True)
+        times = {}
+        for name, _, conn in workers:  # one repeat of every path, then the next round
+            conn.send("repeat")
+            times[name] = _expect(conn.recv(), name)
+        round_times.append(times)
+    rows = []
+    for name, proc, conn in workers:
+        conn.send("finish")
+        rows.append(_expect(conn.recv(), name))
+        proc.join()
     if progress:
         print("timing evaluation ...", flush=True)
     evaluation = _in_child(_run_eval, cfg)
-    by_path = {r["path"]: r for r in rows}
     ratios = {}
-    for ours in (p for p in by_path if p.startswith("ours")):
+    for ours in (p for p in cfg.paths if p.startswith("ours")):
         for ref in ("conventional", "pytorch"):
-            if ref in by_path:
-                ratios[f"{ours}/{ref}"] = by_path[ours]["seconds_per_epoch"] / by_path[ref]["seconds_per_epoch"]
+            if ref in cfg.paths:
+                ratios[f"{ours}/{ref}"] = statistics.median(t[ours] / t[ref] for t in round_times)
     return {
         "device": _device_name(device),
         "torch": torch.__version__,
@@ -319,7 +347,8 @@ def format_results(result: dict[str, Any]) -> str:
     """The benchmark as a text table."""
     lines = [
         f"device: {result['device']}   torch {result['torch']}   pyro {result['pyro']}",
-        f"batch {result['config']['batch_size']}, MLP 784-400-50, median of {result['config']['repeats']} repeats",
+        f"batch {result['config']['batch_size']}, MLP 784-400-50, {result['config']['repeats']} interleaved repeats "
+        "(medians; ratios are medians of per-round ratios)",
         "",
         f"{'path':16s} {'img/s':>9s} {'s/epoch':>9s} {'peak MB':>9s} {'test -ELBO':>16s}  what",
     ]

@@ -25,6 +25,9 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.model import VAE, build_vae
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 FORMAT_VERSION = 2
 # format 1 (before resume): no RNG states or position; loads for evaluation, cannot resume
 READABLE_FORMATS = (1, 2)
@@ -41,6 +44,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     then renamed over ``path``: a write interrupted at any point leaves the old file intact."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a checkpoint is as readable as any other file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

@@ -9,6 +9,7 @@ be swapped without touching the rest.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -72,7 +73,9 @@ class VAE(nn.Module):
             with self._kl_scaled():
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    def _kl_scaled(self) -> poutine.messenger.Messenger:
+    def _kl_scaled(self) -> AbstractContextManager:
+        if self.kl_weight == 1:  # the common case: no messenger at all on the hot path
+            return nullcontext()
         if self.kl_weight > 0:
             return poutine.scale(scale=self.kl_weight)
         return poutine.mask(mask=False)

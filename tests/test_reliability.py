@@ -37,13 +37,11 @@ def same_parameters(a: Path, b: Path) -> bool:
     return all(torch.equal(x, y) for x, y in zip(va.state_dict().values(), vb.state_dict().values(), strict=True))
 
 
-@pytest.mark.parametrize("elbo,schedule", [("mc", "constant"), ("analytic", "linear"), ("iwae", "cyclical")])
+@pytest.mark.parametrize("elbo,schedule", [("mc", "constant"), ("analytic", "linear"), ("iwae", "constant")])
 def test_resume_after_epoch_2_equals_a_straight_run(tmp_path, elbo, schedule):
     data = make_tiny_data()
     kw = dict(elbo=elbo, kl_schedule=schedule, warmup=2, particles=3)
     straight = train(cfg(tmp_path, "straight", **kw), data=data).run_dir
-    if schedule == "cyclical":  # the cycles span the whole run, so it is planned for 3 epochs from the start
-        pytest.skip("cyclical resume is covered mid-epoch below; --epochs cannot change for it")
     first = train(cfg(tmp_path, "split", epochs=2, **kw), data=data).run_dir
     resume(first, epochs=3, data=data)
     assert losses_of(first) == losses_of(straight)
