@@ -104,7 +104,29 @@ class ContinuousBernoulliLikelihood(nn.Module):
         _check_range(x, 0, 1, "continuous Bernoulli", what, "scale intensities to [0, 1]")
 
 
-class NormalLikelihood(nn.Module):
+class _LocScaleLikelihood(nn.Module):
+    """``family(decoder(z), scale)`` per pixel on [0, 1] intensities, the scale fixed or learned."""
+
+    data_kind = "unit"
+    family: type[dist.TorchDistribution]
+    name: str
+
+    def __init__(self, scale: float = 0.1, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.scale = Scale(scale, learn, event_shape)
+
+    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        return self.family(loc, self.scale()).to_event(event_dim)
+
+    def mean(self, loc: torch.Tensor) -> torch.Tensor:
+        return loc.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        if not torch.isfinite(x).all():
+            raise DataError(f"{self.name} likelihood got NaN or Inf in the {what}; clean the data")
+
+
+class NormalLikelihood(_LocScaleLikelihood):
     """p(x|z) = Normal(decoder(z), scale) on [0, 1] intensities.
 
     With a fixed ``scale`` this is the "MSE" loss with its constant made explicit:
@@ -112,42 +134,16 @@ class NormalLikelihood(nn.Module):
     shared by all pixels, ``learn="pixel"`` one per pixel position.
     """
 
-    data_kind = "unit"
-
-    def __init__(self, scale: float = 0.1, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
-        super().__init__()
-        self.scale = Scale(scale, learn, event_shape)
-
-    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.Normal(loc, self.scale()).to_event(event_dim)
-
-    def mean(self, loc: torch.Tensor) -> torch.Tensor:
-        return loc.clamp(0, 1)
-
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        if not torch.isfinite(x).all():
-            raise DataError(f"Normal likelihood got NaN or Inf in the {what}; clean the data")
+    family = dist.Normal
+    name = "Normal"
 
 
-class LaplaceLikelihood(nn.Module):
+class LaplaceLikelihood(_LocScaleLikelihood):
     """p(x|z) = Laplace(decoder(z), scale) on [0, 1] intensities: the "L1" loss with its constant.
     ``learn`` as for :class:`NormalLikelihood`."""
 
-    data_kind = "unit"
-
-    def __init__(self, scale: float = 0.1, learn: str | None = None, event_shape: Sequence[int] = ()) -> None:
-        super().__init__()
-        self.scale = Scale(scale, learn, event_shape)
-
-    def forward(self, loc: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.Laplace(loc, self.scale()).to_event(event_dim)
-
-    def mean(self, loc: torch.Tensor) -> torch.Tensor:
-        return loc.clamp(0, 1)
-
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        if not torch.isfinite(x).all():
-            raise DataError(f"Laplace likelihood got NaN or Inf in the {what}; clean the data")
+    family = dist.Laplace
+    name = "Laplace"
 
 
 class DiscretizedLogistic(TorchDistribution):
