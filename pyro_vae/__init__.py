@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders as Pyro models and guides, trained with SVI."""
 
-from pyro_vae.checkpoint import load_run
+from pyro_vae.checkpoint import CheckpointError, load_run
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, binarize, load_data
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
@@ -27,7 +27,7 @@ from pyro_vae.priors import (
     VampPrior,
     build_prior,
 )
-from pyro_vae.training import TrainResult, heldout_loss, train
+from pyro_vae.training import Interrupted, NonFiniteLoss, TrainResult, heldout_loss, resume, train
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "PRIORS",
     "VAE",
     "BernoulliLikelihood",
+    "CheckpointError",
     "ConfigError",
     "ContinuousBernoulliLikelihood",
     "ConvDecoder",
@@ -45,12 +46,14 @@ __all__ = [
     "DiscretizedLogistic",
     "DiscretizedLogisticLikelihood",
     "ImageData",
+    "Interrupted",
     "LaplaceLikelihood",
     "LaplacePrior",
     "LearnedNormalPrior",
     "MLPDecoder",
     "MLPEncoder",
     "MixtureOfGaussiansPrior",
+    "NonFiniteLoss",
     "NormalLikelihood",
     "PyroVAEError",
     "StandardNormalPrior",
@@ -68,5 +71,6 @@ __all__ = [
     "load_data",
     "load_run",
     "make_elbo",
+    "resume",
     "train",
 ]
