@@ -54,16 +54,6 @@ class ImageData:
         """Shape of one data point, e.g. ``(1, 28, 28)``."""
         return self.train.shape[1:]
 
-    def to(self, device: torch.device | str) -> ImageData:
-        return ImageData(
-            self.name,
-            self.train.to(device),
-            self.train_labels.to(device),
-            self.test.to(device),
-            self.test_labels.to(device),
-            self.kind,
-        )
-
 
 def load_raw(name: str, data_dir: str, download: bool = True) -> tuple[torch.Tensor, ...]:
     """Read a torchvision image dataset as uint8 tensors.

@@ -307,8 +307,7 @@ def resume(
     if config.kl_schedule == "cyclical" and config.epochs != TrainConfig.from_dict(state["config"]).epochs:
         raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
     run = _setup(config, data)
-    device = next(run.vae.parameters()).device
-    state = read_checkpoint(path, device)
+    # the CPU copy read above is enough: each load below copies onto the model's device
     load_model_state(run.vae, state, path)
     run.optimizer.load_state_dict(state["optimizer"])
     restore_param_store(state["param_store"])
