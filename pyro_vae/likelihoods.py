@@ -88,6 +88,53 @@ class BernoulliLikelihood(nn.Module):
             )
 
 
+def _small_logit_cut(t: torch.Tensor) -> float:
+    # below this |logit| the Taylor series is used: its next term is < 1e-9 there, while the closed
+    # forms lose digits to cancellation (float32 needs the wider band)
+    return 0.1 if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-3
+
+
+def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(η) of the continuous Bernoulli with logit η, accurate for every η in float32 and float64.
+
+    With λ = sigmoid(η), C = 2 atanh(1 − 2λ) / (1 − 2λ) = η / tanh(η/2), an even function. For
+    a = |η| it is computed as log a − log(−expm1(−a)) + softplus(−a), which never forms λ, so nothing
+    saturates at large |η| (torch's version, from probabilities, is wrong beyond |η| ≈ 16 in float32);
+    near 0, the series log 2 + η²/12 − 7η⁴/1440.
+    """
+    a = logits.abs()
+    cut = _small_logit_cut(logits)
+    safe = torch.where(a < cut, torch.ones_like(a), a)
+    exact = safe.log() - torch.log(-torch.expm1(-safe)) + F.softplus(-safe)
+    sq = logits.square()
+    taylor = math.log(2.0) + sq / 12 - 7 * sq.square() / 1440
+    return torch.where(a < cut, taylor, exact)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] of the continuous Bernoulli with logit η: 1 / (1 − e^{−η}) − 1/η, with the series
+    1/2 + η/12 − η³/720 near 0; in [0, 1] for every η."""
+    cut = _small_logit_cut(logits)
+    small = logits.abs() < cut
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    exact = -1 / torch.expm1(-safe) - 1 / safe
+    taylor = 0.5 + logits / 12 - logits.pow(3) / 720
+    return torch.where(small, taylor, exact).clamp(0, 1)
+
+
+class StableContinuousBernoulli(dist.ContinuousBernoulli):
+    """Pyro's (torch's) continuous Bernoulli with a log-normaliser and mean computed from the logits,
+    valid for every logit (:func:`continuous_bernoulli_log_norm`). torch's own version works from
+    probabilities: in float32 its density integrates to 0.80 at logit 20 and 0.16 at logit 100."""
+
+    def _cont_bern_log_norm(self) -> torch.Tensor:
+        return continuous_bernoulli_log_norm(self.logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return continuous_bernoulli_mean(self.logits)
+
+
 class ContinuousBernoulliLikelihood(nn.Module):
     """Continuous Bernoulli on [0, 1] intensities, from logits, **with** its normaliser
     (Loaiza-Ganem & Cunningham, 2019): a proper density where Bernoulli-on-grayscale is not."""
@@ -95,10 +142,10 @@ class ContinuousBernoulliLikelihood(nn.Module):
     data_kind = "unit"
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=logits).to_event(event_dim)
+        return StableContinuousBernoulli(logits=logits).to_event(event_dim)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        return dist.ContinuousBernoulli(logits=logits).mean
+        return continuous_bernoulli_mean(logits)
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         _check_range(x, 0, 1, "continuous Bernoulli", what, "scale intensities to [0, 1]")

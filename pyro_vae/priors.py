@@ -87,10 +87,11 @@ class LaplacePrior(_FixedPrior):
 class DiagonalGaussianMixture(TorchDistribution):
     """Σ_k π_k Normal(μ_k, diag σ_k²) over vectors, ``event_shape = (D,)``.
 
-    The log-density is one matrix product per call: Σ_d (z_d − μ_kd)² / σ_kd² expands to
-    [z², z] · [1/σ_k², −2μ_k/σ_k²] plus a constant per component, so scoring N points against K
-    components costs O(N·K·D) multiply-adds in a GEMM instead of an (N, K, D) tensor. Same values as
-    ``MixtureSameFamily(Categorical(logits), Normal(locs, scales).to_event(1))`` (tested).
+    The log-density is one matrix product per call, in float64: scoring N points against K
+    components costs an (N, 2D) × (2D, K) GEMM and an (N, K) result, never an (N, K, D) tensor.
+    It is accurate for float32 inputs with scales from 1e-5 to 1e2 (tested against float64
+    ``MixtureSameFamily`` at the same points); the float32 expansion it replaced was off by
+    tens of nats at σ = 1e-4.
 
     :param logits: ``(K,)`` unnormalised component weights.
     :param locs: ``(K, D)``.
@@ -118,12 +119,23 @@ class DiagonalGaussianMixture(TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         shape = value.shape[:-1]
-        z = value.reshape(-1, value.shape[-1])  # (M, D)
-        prec = self.scales.pow(-2)  # (K, D)
-        quad = torch.cat([z * z, z], -1) @ torch.cat([prec, -2 * self.locs * prec], -1).T  # (M, K)
-        const = (self.locs.pow(2) * prec).sum(-1) + 2 * self.scales.log().sum(-1)  # (K,)
-        log_comp = -0.5 * (quad + const + value.shape[-1] * math.log(2 * math.pi))
-        lp = torch.logsumexp(log_comp + torch.log_softmax(self.logits, -1), -1)
+        d = value.shape[-1]
+        # Σ_d (z − μ_k)² / σ_k² expanded into [z², z] · [1/σ_k², −2μ_k/σ_k²] + Σ_d μ_k²/σ_k²: one GEMM for
+        # all points and components. The expansion cancels when σ_k is small (float32 loses tens of
+        # nats at σ = 1e-4), so it is done in float64, about the cost of two float32 GEMMs, after
+        # centring on the mean location, which keeps the cancelling terms as small as they can be.
+        center = self.locs.detach().double().mean(0)  # (D,)
+        z = value.reshape(-1, d).double() - center  # (M, D)
+        locs = self.locs.double() - center  # (K, D)
+        prec = self.scales.double().pow(-2)  # (K, D)
+        quad = torch.cat([z * z, z], -1) @ torch.cat([prec, -2 * locs * prec], -1).T  # (M, K)
+        quad = quad + (locs.square() * prec).sum(-1)
+        log_comp = (
+            torch.log_softmax(self.logits, -1)
+            - self.scales.log().sum(-1)
+            - 0.5 * (quad.to(value.dtype) + d * math.log(2 * math.pi))
+        )
+        lp = torch.logsumexp(log_comp, -1)
         return lp.reshape(shape).expand(torch.broadcast_shapes(shape, self.batch_shape))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
