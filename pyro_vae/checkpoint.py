@@ -124,12 +124,16 @@ def training_state(
     generator: torch.Generator | None = None,
     position: dict[str, Any] | None = None,
     best: float | None = None,
+    data: dict[str, Any] | None = None,
+    custom: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds.
 
     :param epoch: epochs completed.
     :param position: inside an interrupted epoch: its permutation, the batches done and the loss so far.
     :param best: the best validation loss so far (for ``best.pt``).
+    :param data: the run's data record (source, shape, fingerprints).
+    :param custom: the parts passed as modules, ``{part: "module.Class"}``.
     """
     return {
         "format_version": FORMAT_VERSION,
@@ -143,6 +147,8 @@ def training_state(
         "rng": rng_state(generator),
         "event_shape": list(vae.event_shape),
         "config": config.to_dict(),
+        "data": data,
+        "custom": custom or {},
     }
 
 
@@ -167,6 +173,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     missing = {"format_version", "model", "config", "event_shape"} - set(state if isinstance(state, dict) else {})
     if missing:
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint (no {', '.join(sorted(missing))})")
+    if not isinstance(state["model"], dict) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is damaged: its model or config entry is not a mapping")
     if state["format_version"] not in READABLE_FORMATS:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format_version']}, this pyro_vae reads formats "
@@ -175,9 +183,27 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
+RESUME_KEYS = ("optimizer", "param_store", "epoch", "step", "position", "best", "rng")
+
+
+def check_resumable(state: dict[str, Any], path: str | Path) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``state`` holds everything resuming needs."""
+    if state["format_version"] < 2:
+        raise CheckpointError(f"{path} predates resuming (format 1): it can be evaluated, not resumed")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is damaged: it lacks {', '.join(missing)}, which resuming needs; resume from another "
+            "checkpoint of the run (copy checkpoints/epochNNNN.pt to checkpoints/last.pt)"
+        )
+    rng = state["rng"]
+    if not isinstance(state["optimizer"], dict) or not isinstance(rng, dict) or not {"python", "torch"} <= set(rng):
+        raise CheckpointError(f"{path} is damaged: its optimizer or RNG state is incomplete; use another checkpoint")
+
+
 def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
     """Raise a one-line :class:`CheckpointError` naming the first model setting that differs."""
-    saved = TrainConfig.from_dict(state["config"])
+    saved = TrainConfig.from_dict(state["config"], source=str(path))
     for name in MODEL_FIELDS:
         a, b = getattr(saved, name), getattr(config, name)
         if a != b:
@@ -185,6 +211,23 @@ def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Pat
                 f"checkpoint {path} was saved with {name}={a!r} but the run asks for {name}={b!r}; "
                 "use the checkpoint's own settings or a checkpoint of this model"
             )
+
+
+def check_belongs(state: dict[str, Any], run_json: dict[str, Any], path: str | Path, run_dir: str | Path) -> None:
+    """Refuse a checkpoint of another run: a different model, different custom parts or other data."""
+    config = TrainConfig.from_dict(run_json, source=str(Path(run_dir, "config.json")))
+    try:
+        check_compatible(state, config, path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: {exc}") from None
+    if list(state["event_shape"]) != list((run_json.get("data") or {}).get("event_shape", state["event_shape"])):
+        raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: it models data of another shape")
+    if (state.get("custom") or {}) != (run_json.get("custom") or {}):
+        raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: it was made with other custom parts")
+    ours, theirs = run_json.get("data") or {}, state.get("data") or {}
+    for key in ("train_fingerprint", "test_fingerprint"):
+        if ours.get(key) and theirs.get(key) and ours[key] != theirs[key]:
+            raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: it was trained on other data")
 
 
 def load_model_state(vae: VAE, state: dict[str, Any], path: str | Path) -> None:
@@ -220,27 +263,54 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    **parts: torch.nn.Module,
 ) -> tuple[VAE, TrainConfig, dict[str, Any]]:
     """Rebuild the trained VAE of a run folder, safely.
 
     :param run_dir: folder written by :func:`pyro_vae.train`.
     :param checkpoint: a particular checkpoint file; default ``checkpoints/last.pt``.
     :param device: where to put the model.
+    :param parts: for a run trained with custom parts, the same modules again: ``prior=``,
+        ``likelihood=``, ``encoder=``, ``decoder=`` (freshly built; their weights are loaded here).
     :returns: ``(vae, config, checkpoint_dict)``; the VAE is in eval mode.
     """
+    from pyro_vae.runs import PARTS, missing_parts
+
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise TypeError(f"load_run() got unknown parts {unknown}; the parts are {', '.join(PARTS)}")
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
     state = read_checkpoint(path, device)
-    config = TrainConfig.from_dict(state["config"])
-    vae = build_vae(
-        state["event_shape"],
-        config.net,
-        config.z_dim,
-        config.hidden,
-        config.prior,
-        config.likelihood,
-        config.likelihood_scale,
-    )
+    config = TrainConfig.from_dict(state["config"], source=str(path))
+    custom = state.get("custom") or {}
+    missing_parts(custom, parts, run_dir, "load_run")
+    vae = _build_from_config(state["event_shape"], config, parts)
     load_model_state(vae, state, path)
     restore_param_store(state["param_store"])
     return vae.to(device).eval(), config, state
+
+
+def _build_from_config(event_shape: Any, config: TrainConfig, parts: dict[str, torch.nn.Module]) -> VAE:
+    """``build_vae`` from the config's names, with any given module in place of its name."""
+    net: Any = config.net
+    if "encoder" in parts or "decoder" in parts or config.net == "custom":
+        from pyro_vae.nets import build_networks
+
+        default = (
+            build_networks(config.net, event_shape, config.z_dim, config.hidden) if config.net != "custom" else None
+        )
+        enc = parts.get("encoder") or (default[0] if default else None)
+        dec = parts.get("decoder") or (default[1] if default else None)
+        net = (enc, dec)
+    return build_vae(
+        event_shape,
+        net,
+        config.z_dim,
+        config.hidden,
+        parts.get("prior") or config.prior,
+        parts.get("likelihood") or config.likelihood,
+        config.likelihood_scale,
+    )

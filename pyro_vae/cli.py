@@ -4,13 +4,16 @@ user errors print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
+import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from pyro_vae.config import DATASETS, DEVICES, ELBOS, LIKELIHOOD_NAMES, NETS, PRIOR_NAMES, SCHEDULES, TrainConfig
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,6 +23,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
+def _int(text: str) -> int:
+    """An integer flag value; ``1e6`` is taken as 1000000 (a whole number written as a float)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (a whole number is needed)")
+    return int(value)
+
+
+def _given_only(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Show each default in --help, then suppress it, so parse_args returns only the flags given:
+    the defaults come from TrainConfig, under a --config file, under the flags."""
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        if action.help and "%(default)s" in action.help:
+            action.help = action.help.replace("%(default)s", str(action.default))
+        action.default = argparse.SUPPRESS
+    return parser
+
+
 def train_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = _Parser(
@@ -27,12 +57,13 @@ def train_parser() -> argparse.ArgumentParser:
         description="Train a Pyro VAE with SVI on binarized MNIST or Fashion-MNIST.",
     )
     a = p.add_argument
+    a("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
     a("--dataset", choices=DATASETS, default=d.dataset, help="dataset (default %(default)s)")
     a("--data-dir", default=d.data_dir, help="root in torchvision's layout, <dir>/MNIST/raw/ (default %(default)s)")
     a("--no-download", dest="download", action="store_false", help="fail instead of downloading missing files")
     a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
-    a("--z-dim", type=int, default=d.z_dim, help="latent size (default %(default)s)")
-    a("--hidden", type=int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
+    a("--z-dim", type=_int, default=d.z_dim, help="latent size (default %(default)s)")
+    a("--hidden", type=_int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
     a("--prior", choices=PRIOR_NAMES, default=d.prior, help="p(z) (default %(default)s)")
     a("--likelihood", choices=LIKELIHOOD_NAMES, default=d.likelihood, help="p(x|z) (default %(default)s)")
     a(
@@ -41,11 +72,11 @@ def train_parser() -> argparse.ArgumentParser:
         default=d.likelihood_scale,
         help="fixed scale of normal/laplace, initial scale of normal-image/-pixel (default %(default)s)",
     )
-    a("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
-    a("--batch-size", type=int, default=d.batch_size, help="images per SVI step (default %(default)s)")
+    a("--epochs", type=_int, default=d.epochs, help="passes over the training set (default %(default)s)")
+    a("--batch-size", type=_int, default=d.batch_size, help="images per SVI step (default %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
     a("--clip-grad", type=float, default=d.clip_grad, help="clip the gradient norm to this value")
-    a("--validation", type=int, default=d.validation, help="hold out the last N training images to pick best.pt")
+    a("--validation", type=_int, default=d.validation, help="hold out the last N training images to pick best.pt")
     a("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR from its last checkpoint (with --epochs)")
     a(
         "--elbo",
@@ -54,60 +85,77 @@ def train_parser() -> argparse.ArgumentParser:
         help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL; iwae: importance-weighted "
         "bound (default %(default)s)",
     )
-    a("--particles", type=int, default=d.particles, help="K for --elbo iwae (default %(default)s)")
+    a("--particles", type=_int, default=d.particles, help="K for --elbo iwae (default %(default)s)")
     a("--beta", type=float, default=d.beta, help="KL weight (default %(default)s)")
     a("--kl-schedule", choices=SCHEDULES, default=d.kl_schedule, help="KL weight schedule (default %(default)s)")
     a("--warmup", type=float, default=d.warmup, help="linear warm-up length (default %(default)s)")
     a("--warmup-unit", choices=("epochs", "steps"), default=d.warmup_unit, help="default %(default)s")
-    a("--cycles", type=int, default=d.cycles, help="cycles of the cyclical schedule (default %(default)s)")
+    a("--cycles", type=_int, default=d.cycles, help="cycles of the cyclical schedule (default %(default)s)")
     a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
     a("--compile", action="store_true", help="torch.compile the encoder and decoder")
     a("--bf16", action="store_true", help="CUDA: bfloat16 autocast for the networks, densities in float32")
-    a("--seed", type=int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
+    a("--seed", type=_int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
     a(
         "--test-binarization-seed",
-        type=int,
+        type=_int,
         default=d.test_binarization_seed,
         help="seed of the one fixed binarization of the test set (default %(default)s)",
     )
-    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training images")
-    a("--limit-test", type=int, default=d.limit_test, help="use only the first N test images")
-    a("--eval-batch-size", type=int, default=d.eval_batch_size, help="test images per chunk (default %(default)s)")
-    a("--log-every", type=int, default=d.log_every, help="steps between loss read-outs (default %(default)s)")
-    a("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
+    a("--limit-train", type=_int, default=d.limit_train, help="use only the first N training images")
+    a("--limit-test", type=_int, default=d.limit_test, help="use only the first N test images")
+    a("--eval-batch-size", type=_int, default=d.eval_batch_size, help="test images per chunk (default %(default)s)")
+    a("--log-every", type=_int, default=d.log_every, help="steps between loss read-outs (default %(default)s)")
+    a("--keep-checkpoints", type=_int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
-    return p
+    return _given_only(p)
 
 
 def _run(fn: Callable[[], None]) -> int:
+    """Run ``fn``; a user error is one line on stderr and exit 2. Warnings from torch, Pyro and
+    torchvision are held back: shown after a run that succeeds, dropped around a one-line error."""
     from pyro_vae.training import Interrupted
 
-    try:
-        fn()
-    except Interrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return exc.exit_code
-    except PyroVAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            fn()
+        except Interrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return exc.exit_code
+        except PyroVAEError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return 0
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    """Settings from a JSON file for ``--config``. A run's own ``config.json`` works: its ``out``
+    is dropped, so repeating a run writes a new folder, and its bookkeeping keys are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file; pass a JSON file of settings (a run's config.json works)")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not JSON ({exc}); pass a JSON object of settings") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--config {path} holds a JSON {type(d).__name__}; pass a JSON object of settings")
+    if "versions" in d:  # a run folder's config.json
+        d.pop("out", None)
+    return d
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``pyro-vae-train``: parse flags, train, print where the run went."""
     parser = train_parser()
-    args = vars(parser.parse_args(argv))
-    resume_dir = args.pop("resume")
-    args["hidden"] = tuple(args["hidden"])
-    config = TrainConfig(**{f.name: args[f.name] for f in dataclasses.fields(TrainConfig)})
+    given = vars(parser.parse_args(argv))
+    resume_dir = given.pop("resume", None)
+    config_file = given.pop("config", None)
     if resume_dir is not None:
-        defaults = TrainConfig()
-        extra = [
-            "--" + f.name.replace("_", "-")
-            for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("epochs", "progress") and getattr(config, f.name) != getattr(defaults, f.name)
-        ]
+        extra = [_flag(k) for k in given if k not in ("epochs", "progress")] + (["--config"] if config_file else [])
         if extra:
             parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} (only --epochs may change)")
 
@@ -115,10 +163,15 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from pyro_vae.training import resume, train
 
         if resume_dir is not None:
-            epochs = None if config.epochs == TrainConfig().epochs else config.epochs
-            result = resume(resume_dir, epochs=epochs, progress=config.progress)
+            result = resume(resume_dir, epochs=given.get("epochs"), progress=given.get("progress"))
         else:
-            result = train(config)
+            settings = TrainConfig().to_dict()
+            source = "flags"
+            if config_file is not None:
+                settings.update(read_settings_file(config_file))
+                source = f"--config {config_file} with the flags"
+            settings.update(given)
+            result = train(TrainConfig.from_dict(settings, source=source))
         last = result.metrics[-1]
         print(
             f"done: {result.run_dir}  epoch {last['epoch']:.0f}  "
@@ -128,6 +181,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return _run(go)
 
 
+def _flag(dest: str) -> str:
+    return "--" + ("no-progress" if dest == "progress" else "no-download" if dest == "download" else dest).replace(
+        "_", "-"
+    )
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="pyro-vae-evaluate",
@@ -135,54 +194,52 @@ def evaluate_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("run_dir", help="run folder written by pyro-vae-train")
-    a("--k", type=int, nargs="+", default=[5000], help="importance samples K, one or more (default 5000)")
+    a("--k", type=_int, nargs="+", default=[5000], help="importance samples K, one or more (default 5000)")
     a("--split", choices=("test", "train"), default="test", help="data to score (default %(default)s)")
-    a("--checkpoint", default=None, help="checkpoint file (default: the run's newest)")
-    a("--data-dir", default=None, help="data root (default: the run's --data-dir)")
-    a("--limit", type=int, default=None, help="score only the first N images")
-    a("--batch-size", type=int, default=100, help="images per chunk (default %(default)s)")
-    a("--elbo-particles", type=int, default=1, help="z draws per image for the ELBO (default %(default)s)")
-    a("--seed", type=int, default=0, help="seed of every draw (default %(default)s)")
+    a("--checkpoint", default=None, help="a checkpoint file of this run (default: its newest)")
+    a("--data-dir", default=None, help="data root, if the data moved (default: the run's --data-dir)")
+    a("--limit", type=_int, default=None, help="score only the first N images")
+    a("--batch-size", type=_int, default=100, help="images per chunk (default %(default)s)")
+    a("--elbo-particles", type=_int, default=1, help="z draws per image for the ELBO (default %(default)s)")
+    a("--seed", type=_int, default=0, help="seed of every draw (default %(default)s)")
     a("--device", choices=DEVICES, default="auto", help="default %(default)s")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    a("--out", default=None, help="JSON file to write (default RUN_DIR/eval.json)")
+    a("--out", default=None, help="JSON file to add the results to (default RUN_DIR/eval.json)")
     return p
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """``pyro-vae-evaluate``: score a run on held-out data, print a table, write eval.json."""
+    """``pyro-vae-evaluate``: score a run on held-out data, print a table, add it to eval.json."""
     args = evaluate_parser().parse_args(argv)
 
     def go() -> None:
-        import json
-        from pathlib import Path
-
-        from pyro_vae.checkpoint import latest_checkpoint, load_run
-        from pyro_vae.data import heldout_images
-        from pyro_vae.evaluate import evaluate, format_table
+        from pyro_vae.config import check_seed
+        from pyro_vae.evaluate import MAX_K, check_results_file, evaluate, format_table, record_results
+        from pyro_vae.runs import load_run_and_data
         from pyro_vae.training import resolve_device
 
         for name in ("batch_size", "elbo_particles"):
             if getattr(args, name) < 1:
-                raise PyroVAEError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-        if min(args.k) < 1:
-            raise PyroVAEError(f"--k must be positive sample counts, got {args.k}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit must be a positive number of images, got {args.limit}; leave it out for all")
+        if min(args.k) < 1 or max(args.k) > MAX_K:
+            raise ConfigError(f"--k must be sample counts from 1 to {MAX_K:,}, got {args.k}")
+        check_seed("--seed", args.seed)
+        out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
         device = resolve_device(args.device)
-        ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
-        vae, config, state = load_run(args.run_dir, ckpt, device)
-        x, _ = heldout_images(
-            config.dataset,
-            args.data_dir or config.data_dir,
-            args.split,
-            kind=vae.likelihood.data_kind,
-            seed=config.test_binarization_seed,
-            download=config.download,
+        loaded = load_run_and_data(
+            args.run_dir,
+            split=args.split,
+            checkpoint=args.checkpoint,
+            device=device,
+            data_dir=args.data_dir,
             limit=args.limit,
         )
-        vae.likelihood.check_data(x, f"{args.split} images")
+        check_results_file(out)  # before the work, not after
         result = evaluate(
-            vae,
-            x.to(device),
+            loaded.vae,
+            loaded.x,
             args.k,
             seed=args.seed,
             batch_size=args.batch_size,
@@ -190,18 +247,22 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             progress=args.progress,
         )
         result = {
-            "run_dir": str(args.run_dir),
-            "checkpoint": str(ckpt),
-            "epoch": state["epoch"],
+            "run_dir": str(Path(args.run_dir).resolve()),
+            "checkpoint": str(loaded.checkpoint.resolve()),
+            "epoch": loaded.state["epoch"],
             "split": args.split,
+            "limit": args.limit,
+            "elbo_particles": args.elbo_particles,
             "device": device.type,
             **result,
         }
-        out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{args.run_dir}  epoch {state['epoch']}  {args.split} split, {len(x)} images, {device.type}")
+        record_results(out, result)
+        print(
+            f"{args.run_dir}  {loaded.checkpoint.name} (epoch {loaded.state['epoch']})  {args.split} split, "
+            f"{len(loaded.x)} images, {device.type}"
+        )
         print(format_table(result))
-        print(f"IS evaluation took {result['nll_seconds']:.1f}s; wrote {out}")
+        print(f"IS evaluation took {result['nll_seconds']:.1f}s; added to {out}")
 
     return _run(go)
 
@@ -219,18 +280,18 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     a = p.add_argument
     a("--data-dir", default=d.data_dir, help="root holding MNIST/raw (default %(default)s)")
     a("--device", choices=DEVICES, default=d.device, help="default %(default)s")
-    a("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    a("--batch-size", type=_int, default=d.batch_size, help="default %(default)s")
     a("--steps", type=int, default=d.steps, help="steps per timed repeat (default: one epoch)")
     a("--warmup-steps", type=int, default=d.warmup_steps, help="untimed steps first (default %(default)s)")
     a("--repeats", type=int, default=d.repeats, help="timed repeats; the median is shown (default %(default)s)")
-    a("--limit-train", type=int, default=d.limit_train, help="use only the first N training images")
-    a("--limit-test", type=int, default=d.limit_test, help="score only the first N test images")
+    a("--limit-train", type=_int, default=d.limit_train, help="use only the first N training images")
+    a("--limit-test", type=_int, default=d.limit_test, help="score only the first N test images")
     a("--num-workers", type=int, default=d.num_workers, help="conventional loop's DataLoader workers (default 1)")
     a("--paths", nargs="+", choices=list(PATH_NOTES), default=list(d.paths), help="rows to time")
     a("--eval-k", type=int, default=d.eval_k, help="importance samples per image (default %(default)s)")
     a("--eval-images", type=int, default=d.eval_images, help="images for batched evaluation (default %(default)s)")
     a("--eval-loop-images", type=int, default=d.eval_loop_images, help="images for the per-image loop (default 20)")
-    a("--seed", type=int, default=d.seed, help="default %(default)s")
+    a("--seed", type=_int, default=d.seed, help="default %(default)s")
     a("--out", default="benchmark.json", help="JSON file to write (default %(default)s)")
     args = vars(p.parse_args(argv))
     out = args.pop("out")

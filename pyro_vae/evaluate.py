@@ -16,11 +16,14 @@ extra ``pyro.plate("particles")`` to the left of the model's plates.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pyro
 import torch
@@ -29,6 +32,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 
 # decoder outputs per chunk of the IS estimator (samples x images x pixels): 2**22 (16 MB of float32)
@@ -95,9 +99,7 @@ def _particle_traces(
 def _checked_once(vae: VAE, x: torch.Tensor) -> Iterator[None]:
     """Check the data against the likelihood once, then run without Pyro's per-distribution
     checks, which would repeat that check on every chunk (a large share of a CPU step)."""
-    check = getattr(vae.likelihood, "check_data", None)
-    if check is not None:
-        check(x)
+    vae.check_data(x)
     with pyro.validation_enabled(False):
         yield
 
@@ -284,18 +286,97 @@ def evaluate(
     return result
 
 
+def _elbo_label(name: str, kinds: Sequence[str]) -> str:
+    """What an ELBO row computed: the analytic row says when its KL fell back to Monte-Carlo."""
+    if name == "mc":
+        return "Trace_ELBO (Monte-Carlo KL)"
+    if all(k.endswith(": analytic") for k in kinds):
+        return "TraceMeanField_ELBO (closed-form KL)"
+    if any(k.endswith(": analytic") for k in kinds):
+        return "TraceMeanField_ELBO (closed-form KL where one exists, else Monte-Carlo)"
+    return "TraceMeanField_ELBO (Monte-Carlo KL: no closed form)"
+
+
 def format_table(result: dict) -> str:
     """The evaluation as an aligned text table."""
     rows = [("quantity", "nats/point", "s.e.", "")]
-    labels = {"mc": "Trace_ELBO (MC KL)", "analytic": "TraceMeanField_ELBO (exact KL)"}
     for name, e in result["elbo"].items():
-        rows.append((f"-ELBO, {labels[name]}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
+        label = _elbo_label(name, e["kl_kind"])
+        rows.append((f"-ELBO, {label}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
         rows.append(("  reconstruction E[log p(x|z)]", f"{e['reconstruction']['mean']:.3f}", "", ""))
         rows.append((f"  KL ({', '.join(e['kl_kind'])})", f"{e['kl']['mean']:.3f}", "", ""))
     for k, e in result["nll"].items():
         rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+# the most importance samples per image an evaluation takes: K = 10^6 over 10,000 images is about
+# 200 times the K = 5000 pass, already days on a CPU
+MAX_K = 10**6
+
+# what makes two evaluations the same: their numbers are merged (new K added, ELBO rows replaced)
+RESULT_KEY = ("split", "checkpoint", "epoch", "limit", "seed", "elbo_particles")
+
+
+def _read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} exists but is not an evaluation file ({type(exc).__name__}); move it away or pass --out"
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("evaluations"), list):
+        return data["evaluations"]
+    if isinstance(data, dict) and "nll" in data and "split" in data:  # one result, as written before
+        return [data]
+    raise ConfigError(f"{path} exists but is not an evaluation file; move it away or pass --out")
+
+
+def check_results_file(path: str | Path) -> None:
+    """Refuse, before any work, a results file that cannot be read back or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; pass a file name such as {path / 'eval.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path}: folder {parent} does not exist (or is a file); create it or pass another")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--out {path}: cannot write there (permission denied); pass another --out")
+    _read_results(path)
+
+
+def record_results(path: str | Path, result: dict) -> dict:
+    """Add ``result`` to the results file ``path`` (``eval.json``), kept per split, checkpoint, limit,
+    seed and K: an evaluation of the same kind merges its K values into the earlier entry, any
+    other is added beside it, so a ``--split train`` run never replaces the test results.
+
+    :returns: the entry as stored.
+    """
+    path = Path(path)
+    entries = _read_results(path)
+    key = tuple(result.get(k) for k in RESULT_KEY)
+    for entry in entries:
+        if tuple(entry.get(k) for k in RESULT_KEY) == key:
+            nll = {**entry.get("nll", {}), **result["nll"]}
+            entry.update(result)
+            entry["nll"] = dict(sorted(nll.items(), key=lambda kv: int(kv[0])))
+            stored = entry
+            break
+    else:
+        entries.append(result)
+        stored = result
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"evaluations": entries}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return stored
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Every evaluation stored in a results file (``eval.json``)."""
+    return _read_results(Path(path))
 
 
 def estimator_variance(vae: VAE, elbo, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, float]:

@@ -40,6 +40,14 @@ class VAE(nn.Module):
     ``poutine.scale``, so both ELBOs weight their KL term (closed-form or log q − log p) by β;
     a weight of 0 masks the site instead (``poutine.scale`` takes only positive factors).
     Training sets it each step from the KL schedule; evaluation ignores it.
+
+    Model and guide register their modules with Pyro (``pyro.module``: ``"decoder"``, ``"prior"``
+    and ``"likelihood"`` in the model, ``"encoder"`` in the guide), so Pyro's own loop,
+    ``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO()).step(x)``, trains every
+    parameter: networks, learned prior parameters and learned likelihood scales. The module is
+    authoritative: a stale param-store entry of the same name (another VAE's) is replaced by this
+    VAE's parameter. ``register_params = False`` skips the registration; the library's own loop
+    does, since it steps ``vae.parameters()`` with a torch optimiser.
     """
 
     def __init__(
@@ -57,9 +65,23 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.event_shape = torch.Size(event_shape)
         self.kl_weight = 1.0
+        self.register_params = True
+
+    def _register(self, *names: str) -> None:
+        if not self.register_params:
+            return
+        store = pyro.get_param_store()
+        for name in names:
+            module = getattr(self, name)
+            for pname, p in module.named_parameters():
+                full = f"{name}$$${pname}"
+                if full in store and store[full] is not p:
+                    del store[full]  # another module's parameter under this name: ours wins
+            pyro.module(name, module)
 
     def model(self, x: torch.Tensor) -> None:
         """p(x, z) for a batch ``x: (N, *event_shape)``."""
+        self._register("decoder", "prior", "likelihood")
         with pyro.plate("data", x.shape[0]):
             with self._kl_scaled():
                 z = pyro.sample("z", self.prior())  # (N, z_dim)
@@ -68,6 +90,7 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
+        self._register("encoder")
         with pyro.plate("data", x.shape[0]):
             loc, scale = map(_full_precision, self.encoder(x))
             with self._kl_scaled():
@@ -80,35 +103,67 @@ class VAE(nn.Module):
             return poutine.scale(scale=self.kl_weight)
         return poutine.mask(mask=False)
 
+    @property
+    def data_kind(self) -> str:
+        """The data the likelihood models: ``"binary"``, ``"unit"`` or ``"byte"`` (a custom likelihood
+        without ``data_kind`` is taken as binary)."""
+        return getattr(self.likelihood, "data_kind", "binary")
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """The likelihood's one-line check of ``x``, where it has one."""
+        check = getattr(self.likelihood, "check_data", None)
+        if check is not None:
+            check(x, what)
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z] in [0, 1] for pictures: the likelihood's ``mean`` where it has one, else the mean of
+        its distribution (8-bit values scaled to [0, 1])."""
+        out = self.decoder(z)
+        mean = getattr(self.likelihood, "mean", None)
+        if callable(mean):
+            return mean(out)
+        m = self.likelihood(_full_precision(out), len(self.event_shape)).mean
+        return (m / 255 if self.data_kind == "byte" else m).clamp(0, 1)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior mean]: what the pictures show."""
         loc, _ = self.encoder(x)
-        return self.likelihood.mean(self.decoder(loc))
+        return self.decode_mean(loc)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """E[x|z] for ``n`` draws z ~ p(z): ``(n, *event_shape)``."""
         z = self.prior().sample((n,))
-        return self.likelihood.mean(self.decoder(z))
+        return self.decode_mean(z)
 
 
 def build_vae(
     event_shape: Sequence[int],
-    net: str = "mlp",
+    net: str | tuple[nn.Module, nn.Module] = "mlp",
     z_dim: int = 50,
     hidden: Sequence[int] = (400,),
-    prior: str = "normal",
-    likelihood: str = "bernoulli",
+    prior: str | nn.Module = "normal",
+    likelihood: str | nn.Module = "bernoulli",
     likelihood_scale: float = 0.1,
 ) -> VAE:
-    """A VAE from names: ``net`` networks, ``prior`` (see :data:`pyro_vae.priors.PRIORS`) and
-    ``likelihood`` (see :data:`pyro_vae.likelihoods.LIKELIHOODS`)."""
-    encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
+    """A VAE from names or modules.
+
+    :param net: ``"mlp"`` or ``"conv"``, or your own ``(encoder, decoder)`` pair.
+    :param prior: a name of :data:`pyro_vae.priors.PRIORS`, or your own module returning p(z).
+    :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS`, or your own module
+        ``(decoder_output, event_dim) -> p(x|z)``; it should set ``data_kind`` (``"binary"``,
+        ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data`` and ``mean``.
+    """
+    if isinstance(net, str):
+        encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
+    else:
+        encoder, decoder = net
     return VAE(
         encoder,
         decoder,
-        build_prior(prior, z_dim, encoder, event_shape),
-        build_likelihood(likelihood, event_shape, likelihood_scale),
+        build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
+        build_likelihood(likelihood, event_shape, likelihood_scale) if isinstance(likelihood, str) else likelihood,
         event_shape,
     )

@@ -78,7 +78,7 @@ def plot_manifold(vae: VAE, n: int = 15, ax: Axes | None = None) -> Axes:
     device = next(vae.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     z = torch.cartesian_prod(q.flip(0), q)[:, [1, 0]].to(device)  # rows: z₂ high to low; columns: z₁
-    return plot_images(vae.likelihood.mean(vae.decoder(z)), nrow=n, ax=ax, title="decoded latent plane")
+    return plot_images(vae.decode_mean(z), nrow=n, ax=ax, title="decoded latent plane")
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10)
     """E[x|z] along the straight line between the posterior means of two data points."""
     (za, zb), _ = vae.encoder(torch.stack([x_a, x_b]))
     t = torch.linspace(0, 1, steps, device=za.device).unsqueeze(-1)
-    return vae.likelihood.mean(vae.decoder((1 - t) * za + t * zb))
+    return vae.decode_mean((1 - t) * za + t * zb)
 
 
 def plot_estimator_variance(stats: Mapping[str, Mapping[str, float]], axes: Sequence[Axes] | None = None) -> None:

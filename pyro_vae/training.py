@@ -16,15 +16,14 @@ A non-finite loss or gradient stops the run at the next check with the last good
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,8 +35,8 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from pyro_vae.checkpoint import (
-    CheckpointError,
     check_compatible,
+    check_resumable,
     latest_checkpoint,
     load_model_state,
     read_checkpoint,
@@ -54,8 +53,19 @@ from pyro_vae.images import save_reconstructions, save_samples
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.priors import has_closed_form_kl
-
-METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
+from pyro_vae.resources import check_fits, training_bytes
+from pyro_vae.runs import (
+    RunError,
+    check_out_dir,
+    check_same_data,
+    custom_parts,
+    data_record,
+    make_run_dir,
+    missing_parts,
+    read_metrics,
+    read_run_json,
+    write_metrics,
+)
 
 
 class Interrupted(PyroVAEError):
@@ -124,15 +134,6 @@ def _default_out(config: TrainConfig) -> str:
     return f"runs/{config.dataset}-{config.net}-{config.elbo}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _prepare_run_dir(out: str) -> Path:
-    run_dir = Path(out)
-    if (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} already holds a run (config.json); pass a new --out, or --resume {run_dir}")
-    for sub in ("", "checkpoints", "images"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def check_image_data(data: ImageData) -> None:
     """Refuse data that cannot be trained on, with one line naming the problem and the fix."""
     for name, x in (("training", data.train), ("test", data.test)):
@@ -164,6 +165,8 @@ class _Run:
     val: torch.Tensor | None
     test: torch.Tensor
     run_dir: Path
+    data_record: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, str] = field(default_factory=dict)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -185,25 +188,90 @@ class _Run:
 
     def state(self, epoch: int, step: int, position: dict | None = None, best: float | None = None) -> dict:
         return training_state(
-            self.vae, self.optimizer, self.config, epoch, step, generator=self.generator, position=position, best=best
+            self.vae,
+            self.optimizer,
+            self.config,
+            epoch,
+            step,
+            generator=self.generator,
+            position=position,
+            best=best,
+            data=self.data_record,
+            custom=self.custom,
         )
 
 
-def _setup(config: TrainConfig, data: ImageData | None) -> _Run:
-    """Everything before the first step: validate settings and data, load, build. Raises before
-    anything is written, so a bad input never leaves a half-made run folder."""
+def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, *, new_run: bool = True) -> _Run:
+    """Everything before the first step: validate settings, output folder and data, load, build.
+    Raises before anything is written, so a bad input never leaves a half-made run folder."""
     config.validate()
+    if vae is None:
+        named = [p for p, v in (("net", config.net), ("prior", config.prior), ("likelihood", config.likelihood))]
+        custom_named = [p for p in named if getattr(config, p) == "custom"]
+        if custom_named:
+            raise ConfigError(
+                f"--{custom_named[0]} custom needs your module: train(config, vae=build_vae(..., "
+                f"{custom_named[0]}=<module>)), or name a built-in {custom_named[0]}"
+            )
     device = resolve_device(config.device)
     if config.bf16 and device.type != "cuda":
         raise ConfigError("--bf16 autocast is for CUDA; drop it on the CPU")
     config = replace(config, device=device.type, out=config.out or _default_out(config))
-    raw = load_raw(config.dataset, config.data_dir, config.download) if data is None else None
-    event_shape = raw[0].shape[1:] if raw is not None else data.event_shape  # type: ignore[union-attr]
+    if new_run:
+        check_out_dir(config.out)  # type: ignore[arg-type]
+    from_memory = data is not None
+    if data is None:
+        config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
+        raw = load_raw(config.dataset, config.data_dir, config.download)
+        event_shape = raw[0].shape[1:]
+    else:
+        raw, event_shape = None, data.event_shape
     pyro.set_rng_seed(config.seed)
-    vae = build_vae(
-        event_shape, config.net, config.z_dim, config.hidden, config.prior, config.likelihood, config.likelihood_scale
-    )
-    kind = vae.likelihood.data_kind
+    if vae is None:
+        points = config.batch_size * (config.particles if config.elbo == "iwae" else 1)
+        with torch.device("meta"):
+            sketch = build_vae(
+                event_shape,
+                config.net,
+                config.z_dim,
+                config.hidden,
+                config.prior,
+                config.likelihood,
+                config.likelihood_scale,
+            )
+        hidden = " ".join(map(str, config.hidden))
+        sizes = f"--z-dim {config.z_dim}, --hidden {hidden}, --batch-size {config.batch_size}"
+        if config.elbo == "iwae":
+            sizes += f", --particles {config.particles}"
+        check_fits(
+            training_bytes(sketch, event_shape, config.z_dim, points),
+            device,
+            f"a {config.net} VAE for {tuple(event_shape)} data with {sizes}",
+            "lower them",
+        )
+        vae = build_vae(
+            event_shape,
+            config.net,
+            config.z_dim,
+            config.hidden,
+            config.prior,
+            config.likelihood,
+            config.likelihood_scale,
+        )
+        custom: dict[str, str] = {}
+    else:
+        if not isinstance(vae, VAE):
+            raise ConfigError(f"vae= must be a pyro_vae.VAE (build one with build_vae or VAE(...)), got {type(vae)}")
+        if tuple(vae.event_shape) != tuple(event_shape):
+            raise ConfigError(f"the VAE models data shaped {tuple(vae.event_shape)}, the data are {tuple(event_shape)}")
+        custom = custom_parts(vae, config)
+        config = replace(
+            config,
+            net="custom" if {"encoder", "decoder"} & set(custom) else config.net,
+            prior="custom" if "prior" in custom else config.prior,
+            likelihood="custom" if "likelihood" in custom else config.likelihood,
+        )
+    kind = vae.data_kind
     if raw is not None:
         data = from_raw(config.dataset, raw, kind, config.test_binarization_seed, config.limit_train, config.limit_test)
     assert data is not None
@@ -227,7 +295,7 @@ def _setup(config: TrainConfig, data: ImageData | None) -> _Run:
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
         )
-    vae.likelihood.check_data(data.test, "test images")
+    vae.check_data(data.test, "test images")
     vae.to(device)
     if config.compile:
         vae.encoder.compile()  # in place: state_dict keys stay as they are
@@ -242,42 +310,50 @@ def _setup(config: TrainConfig, data: ImageData | None) -> _Run:
         batches=ResidentBatches(train_images.to(device), config.batch_size, generator, kind),
         val=None if val is None else val.to(device),
         test=data.test.to(device),
-        run_dir=Path(config.out),
+        run_dir=Path(config.out),  # type: ignore[arg-type]
+        data_record=data_record(data, config, from_memory),
+        custom=custom,
     )
 
 
-def train(config: TrainConfig, data: ImageData | None = None) -> TrainResult:
+def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = None) -> TrainResult:
     """Train a VAE with SVI and write the run folder.
 
-    :param config: all settings; validated, with the data, before anything is written.
-    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks).
+    :param config: all settings; validated, with the data and the output folder, before anything
+        is written.
+    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks, your own data).
+        The run records their name, shape and fingerprints; resume and evaluation then need them back.
+    :param vae: your own :class:`VAE` (e.g. ``build_vae(shape, prior=MyPrior(...))``) instead of one
+        built from the config's names. Parts the names would not rebuild are recorded as custom in
+        ``config.json``; :func:`pyro_vae.load_run` and :func:`resume` then ask for them back.
     :returns: the trained VAE, its config (device and folder resolved) and metrics.
     :raises Interrupted: SIGINT/SIGTERM stopped it; ``checkpoints/last.pt`` holds the state.
     :raises NonFiniteLoss: the loss went NaN/Inf; the last good state is saved.
     """
-    run = _setup(config, data)
-    _prepare_run_dir(run.config.out)  # type: ignore[arg-type]
+    run = _setup(config, data, vae)
+    make_run_dir(run.run_dir)
     objective = describe_objective(run.vae, run.config)
     versions = {"torch": torch.__version__, "pyro": pyro.__version__}
-    (run.run_dir / "config.json").write_text(
-        json.dumps({**run.config.to_dict(), "objective": objective, "versions": versions}, indent=2) + "\n"
-    )
-    _write_metrics(run.run_dir, [])
+    record = {
+        **run.config.to_dict(),
+        "objective": objective,
+        "versions": versions,
+        "data": run.data_record,
+        "custom": run.custom,
+    }
+    (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_metrics(run.run_dir, [])
     tqdm.write(objective)
     return _fit(run, epoch=0, step=0, position=None, best=None)
 
 
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The settings a run folder was trained with."""
-    path = Path(run_dir, "config.json")
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.json); pass a folder of pyro-vae-train")
-    saved = json.loads(path.read_text())
-    return TrainConfig.from_dict({k: v for k, v in saved.items() if k not in ("objective", "versions")})
-
-
 def resume(
-    run_dir: str | Path, *, epochs: int | None = None, progress: bool | None = None, data: ImageData | None = None
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool | None = None,
+    data: ImageData | None = None,
+    **parts: torch.nn.Module,
 ) -> TrainResult:
     """Continue a run from ``checkpoints/last.pt`` (written each epoch and on SIGINT/SIGTERM) with
     everything that decides the future restored: model, optimiser and param store, the position in
@@ -285,19 +361,31 @@ def resume(
 
     :param epochs: train to this many epochs in all (default: the run's own ``epochs``).
     :param progress: override the run's progress-bar setting.
-    :param data: the same images the run was started with, when it was not loaded by name.
+    :param data: the same images the run was started with, when it was not loaded by name; data
+        whose fingerprint differs from the run's record are refused.
+    :param parts: the custom modules the run was trained with (``prior=...`` etc.), freshly built.
     """
-    config = read_run_config(run_dir)
+    saved = read_run_json(run_dir)
+    config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"--epochs must be a positive integer, got {epochs}")
     config = replace(
         config,
         epochs=config.epochs if epochs is None else epochs,
         progress=config.progress if progress is None else progress,
         out=str(run_dir),
     )
+    record, custom = saved.get("data") or {}, saved.get("custom") or {}
+    missing_parts(custom, parts, run_dir, "resume")
+    if record.get("source") == "memory" and data is None:
+        raise RunError(
+            f"{run_dir} was trained on in-memory data ({record.get('name')}, shape {record.get('event_shape')}); "
+            "pass the same data back: resume(run, data=...)"
+        )
+    metrics = read_metrics(Path(run_dir))  # a damaged log stops here, before any work
     path = latest_checkpoint(run_dir)
     state = read_checkpoint(path)
-    if state["format_version"] < 2:
-        raise CheckpointError(f"{path} predates resuming (format 1): it can be evaluated, not resumed")
+    check_resumable(state, path)
     check_compatible(state, config, path)
     if state["epoch"] >= config.epochs and state["position"] is None:
         raise ConfigError(
@@ -306,14 +394,22 @@ def resume(
         )
     if config.kl_schedule == "cyclical" and config.epochs != TrainConfig.from_dict(state["config"]).epochs:
         raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
-    run = _setup(config, data)
+    vae = None
+    if custom:
+        from pyro_vae.checkpoint import _build_from_config
+
+        vae = _build_from_config(state["event_shape"], config, parts)
+    run = _setup(config, data, vae, new_run=False)
+    where = "the data passed in" if data is not None else config.data_dir
+    for which in ("train", "test"):
+        check_same_data(record, run.data_record[f"{which}_fingerprint"], which, where, run_dir)
     # the CPU copy read above is enough: each load below copies onto the model's device
     load_model_state(run.vae, state, path)
     run.optimizer.load_state_dict(state["optimizer"])
     restore_param_store(state["param_store"])
     restore_rng(state["rng"], run.generator)
-    run.metrics = [m for m in _read_metrics(run.run_dir) if m["epoch"] <= state["epoch"]]
-    _write_metrics(run.run_dir, run.metrics)
+    run.metrics = [m for m in metrics if m["epoch"] <= state["epoch"]]
+    write_metrics(run.run_dir, run.metrics)
     where = f"epoch {state['epoch'] + 1}" + (f", step {state['position']['batch'] + 1}" if state["position"] else "")
     tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
     return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
@@ -416,7 +512,7 @@ def _fit(run: _Run, *, epoch: int, step: int, position: dict | None, best: float
                 "checkpoint_seconds": checkpoint_seconds,
             }
             run.metrics.append(row)
-            _write_metrics(run.run_dir, run.metrics)
+            write_metrics(run.run_dir, run.metrics)
             _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
             tqdm.write(
@@ -562,27 +658,6 @@ def _link(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(METRICS_FIELDS)
-    for row in rows:
-        writer.writerow(["" if isinstance(row[k], float) and math.isnan(row[k]) else row[k] for k in METRICS_FIELDS])
-    tmp = run_dir / ".metrics.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, run_dir / "metrics.csv")
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    rows = []
-    for r in csv.DictReader(path.open()):
-        rows.append({k: (int(v) if k == "epoch" else float(v) if v != "" else math.nan) for k, v in r.items()})
-    return rows
-
-
 @dataclass
 class EpochProgress:
     """What :func:`run_epoch` did."""
@@ -634,7 +709,12 @@ def run_epoch(
     total = torch.zeros((), device=device) if total is None else total.clone()
     bad = torch.zeros((), dtype=torch.bool, device=device)
     seen_at_log, total_at_log, taken = 0, 0.0, 0
-    with pyro.validation_enabled(False), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+    # this loop steps vae.parameters() itself, so the pyro.module registration (for SVI) is skipped
+    with (
+        pyro.validation_enabled(False),
+        torch.autocast(device.type, torch.bfloat16, enabled=bf16),
+        _unregistered(vae),
+    ):
         for x in batches:
             vae.kl_weight = 1.0 if weight is None else weight(step)
             loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
@@ -667,6 +747,15 @@ def run_epoch(
             if max_steps is not None and taken >= max_steps:
                 break
     return EpochProgress(total, step, taken, nonfinite=bool((bad | ~_all_finite(params)).item()))
+
+
+@contextmanager
+def _unregistered(vae: VAE) -> Iterator[None]:
+    registered, vae.register_params = vae.register_params, False
+    try:
+        yield
+    finally:
+        vae.register_params = registered
 
 
 def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:

@@ -201,7 +201,7 @@ def test_evaluate_command_on_a_missing_run_is_one_line(tmp_path):
         [sys.executable, "scripts/evaluate.py", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: no checkpoint in") and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: no run folder") and "Traceback" not in proc.stderr
 
 
 @pytest.mark.cuda

@@ -206,14 +206,14 @@ def _cli(argv, capsys):
 BAD_FLAGS = [
     (["--z-dim", "0"], "error: --z-dim must be a positive integer, got 0"),
     (["--z-dim", "abc"], "error: argument --z-dim: invalid int value: 'abc'; see pyro-vae-train --help"),
-    (["--lr", "0"], "error: --lr must be > 0, got 0.0; e.g. --lr 1e-3"),
-    (["--lr", "-0.1"], "error: --lr must be > 0, got -0.1; e.g. --lr 1e-3"),
+    (["--lr", "0"], "error: --lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
+    (["--lr", "-0.1"], "error: --lr must be a finite number > 0, got -0.1; e.g. --lr 1e-3"),
     (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
     (["--batch-size", "-5"], "error: --batch-size must be a positive integer, got -5"),
     (["--hidden", "400", "0"], "error: --hidden must be one or more positive widths, got [400, 0]; e.g. --hidden 400"),
     (["--particles", "0"], "error: --particles must be a positive integer, got 0"),
-    (["--beta", "-1"], "error: --beta must be >= 0, got -1.0"),
-    (["--clip-grad", "0"], "error: --clip-grad must be > 0, got 0.0"),
+    (["--beta", "-1"], "error: --beta must be a finite number >= 0, got -1.0; e.g. --beta 1"),
+    (["--clip-grad", "0"], "error: --clip-grad must be a finite number > 0, got 0.0; e.g. --clip-grad 100"),
     (["--validation", "-1"], "error: --validation must be >= 0, got -1"),
     (["--limit-train", "0"], "error: --limit-train must be a positive integer, got 0"),
     (
@@ -272,7 +272,7 @@ def test_missing_data_and_resume_mistakes(tmp_path, capsys):
     code, err = _cli(["--resume", str(tmp_path / "nothing")], capsys)
     assert (code, err) == (
         2,
-        f"error: {tmp_path}/nothing is not a run folder (no config.json); pass a folder of pyro-vae-train",
+        f"error: no run folder {tmp_path}/nothing; pass a folder written by pyro-vae-train",
     )
     code, err = _cli(["--resume", str(tmp_path), "--z-dim", "3"], capsys)
     assert (code, err) == (

@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import TrainConfig, build_vae, heldout_loss, load_run, train
+from pyro_vae.config import RUN_RECORD_KEYS
 from pyro_vae.errors import ConfigError
 
 
@@ -40,7 +42,13 @@ def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
     result = train(cfg, data=tiny_data)
     run = result.run_dir
     saved = json.loads((run / "config.json").read_text())
-    assert {k: v for k, v in saved.items() if k not in ("versions", "objective")} == result.config.to_dict()
+    assert {k: v for k, v in saved.items() if k not in RUN_RECORD_KEYS} == result.config.to_dict()
+    # what the run was trained on, recorded independently of the config's dataset name
+    assert saved["data"]["source"] == "memory" and saved["data"]["name"] == "tiny"
+    assert saved["data"]["event_shape"] == [1, 8, 8] and saved["data"]["test_size"] == len(tiny_data.test)
+    assert saved["data"]["test_fingerprint"] == hashlib.sha256(
+        b"torch.float32(40, 1, 8, 8)" + tiny_data.test.numpy().tobytes()
+    ).hexdigest()[:16]
     assert saved["objective"] == ("KL: analytic" if elbo == "analytic" else "KL: Monte-Carlo (Trace_ELBO)")
     assert saved["device"] == "cpu" and saved["versions"]["pyro"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -91,7 +99,7 @@ def test_keep_checkpoints_prunes_old_ones(tmp_path, tiny_data):
     "change,message",
     [
         (dict(z_dim=0), "--z-dim must be a positive integer, got 0"),
-        (dict(lr=0.0), "--lr must be > 0, got 0.0; e.g. --lr 1e-3"),
+        (dict(lr=0.0), "--lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
         (dict(net="rnn"), "unknown --net 'rnn'; choose one of mlp, conv"),
         (dict(elbo="renyi"), "unknown --elbo 'renyi'; choose one of mc, analytic, iwae"),
         (

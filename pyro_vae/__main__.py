@@ -1,0 +1,27 @@
+"""``python -m pyro_vae train|evaluate|benchmark [flags]``: the three commands in one entry point."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("train", "evaluate", "benchmark")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pyro_vae import cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m pyro_vae {train,evaluate,benchmark} [flags]; add --help after a command for its flags")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    entry = {"train": cli.train_main, "evaluate": cli.evaluate_main, "benchmark": cli.benchmark_main}[command]
+    return entry(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

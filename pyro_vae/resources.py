@@ -1,0 +1,72 @@
+"""Refuse sizes that cannot fit before allocating anything: the model is built on torch's ``meta``
+device (shapes only, no memory) to count its parameters and one data point's activations."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pyro_vae.errors import ConfigError
+
+GB = 1024**3
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for a run on ``device``: CUDA's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: do not refuse
+
+
+def _activation_numel(encoder: nn.Module, decoder: nn.Module, event_shape: Sequence[int], z_dim: int) -> int:
+    """Elements of every layer output for one data point through encoder and decoder (meta tensors)."""
+    total = [0]
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        outs = output if isinstance(output, tuple | list) else (output,)
+        total[0] += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+
+    leaves = [m for net in (encoder, decoder) for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(1, *event_shape, device="meta"))
+            decoder(torch.zeros(1, z_dim, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] + math.prod(event_shape) + 4 * z_dim
+
+
+def training_bytes(vae_on_meta: nn.Module, event_shape: Sequence[int], z_dim: int, points: int) -> int:
+    """About the memory one training step needs: parameters, gradients and two Adam moments, plus
+    the forward activations of ``points`` data points (×3 for the backward pass), in float32."""
+    params = sum(p.numel() for p in vae_on_meta.parameters()) + sum(b.numel() for b in vae_on_meta.buffers())
+    acts = _activation_numel(vae_on_meta.encoder, vae_on_meta.decoder, event_shape, z_dim)  # type: ignore[arg-type]
+    pseudo = getattr(vae_on_meta.prior, "pseudo_inputs", None)
+    if isinstance(pseudo, torch.Tensor):  # VampPrior runs the encoder on every pseudo-input each step
+        points += len(pseudo)
+    return 4 * (4 * params + 3 * acts * points)
+
+
+def check_fits(needed: int, device: torch.device, what: str, fix: str, available: int | None = None) -> None:
+    """Raise a one-line :class:`ConfigError` when ``needed`` bytes exceed the free memory."""
+    free = available_bytes(device) if available is None else available
+    if needed > free:
+        raise ConfigError(
+            f"{what} needs about {needed / GB:,.1f} GB, more than the {free / GB:,.1f} GB free on {device.type}; {fix}"
+        )

@@ -1,0 +1,343 @@
+"""Run folders: where a run may be written, what it records about its data and parts, its metrics
+file, and loading a run together with the held-out data it must be scored on.
+
+A run records what it was trained on in ``config.json`` under ``"data"``: the dataset (or
+``"memory"`` for ``train(config, data=...)``), the absolute data folder, the shape, the data kind,
+and SHA-256 fingerprints of the training images and of the prepared held-out set. Evaluation and
+resume recompute the fingerprint of what they load and refuse other data with one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
+
+METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
+# the parts a user may pass as modules instead of names
+PARTS = ("encoder", "decoder", "prior", "likelihood")
+
+
+class RunError(PyroVAEError):
+    """A run folder is missing, damaged, or does not match what is asked of it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# where a run may be written
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Refuse an ``--out`` that cannot take a new run, without creating anything.
+
+    A new run needs a folder that does not exist yet or is empty, whose nearest existing
+    ancestor is a writable folder.
+    """
+    text = str(out)
+    if not text.strip():
+        raise ConfigError("--out is empty; pass a folder name, or leave --out out for runs/<name>-<time>")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder; pass a new folder name")
+    if path.is_dir():
+        if (path / "config.json").exists():
+            raise ConfigError(f"{path} already holds a run (config.json); pass a new --out, or --resume {path}")
+        if any(path.iterdir()):
+            raise ConfigError(
+                f"--out {path} is not empty; a new run needs a new or empty folder (its files would mix "
+                "with or overwrite what is there); pass another --out"
+            )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path} lies below {parent}, which is a file; pass a folder elsewhere")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: cannot write in {parent} (permission denied); pass a folder you can write")
+    return path
+
+
+def make_run_dir(out: str | os.PathLike) -> Path:
+    """Create the run folder with ``checkpoints/`` and ``images/`` after :func:`check_out_dir`; if
+    that fails, remove whatever this call created."""
+    path = check_out_dir(out)
+    created: list[Path] = []
+    p = path
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    try:
+        for sub in ("", "checkpoints", "images"):
+            d = path / sub
+            if not d.exists():
+                d.mkdir()
+                if sub:
+                    created.insert(0, d)
+        fd, probe = tempfile.mkstemp(dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise ConfigError(f"cannot create run folder {path}: {exc.strerror or exc}; pass another --out") from None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# what a run was trained on
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of a tensor's dtype, shape and bytes."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def data_record(data: Any, config: TrainConfig, from_memory: bool) -> dict[str, Any]:
+    """What ``config.json`` says about the data: source, shape, kind and fingerprints."""
+    record: dict[str, Any] = {
+        "source": "memory" if from_memory else "dataset",
+        "name": data.name,
+        "event_shape": list(data.event_shape),
+        "kind": data.kind,
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+        "train_fingerprint": fingerprint(data.train),
+        "test_fingerprint": fingerprint(data.test),
+    }
+    if not from_memory:
+        record["data_dir"] = str(Path(config.data_dir).resolve())
+    return record
+
+
+def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: str, run: str | Path) -> None:
+    """Refuse data whose fingerprint differs from the run's record (``which``: ``train``/``test``)."""
+    if not saved:
+        return  # runs from before data records: nothing to compare
+    want = saved.get(f"{which}_fingerprint")
+    if want is not None and want != fp:
+        raise DataError(
+            f"the {which} data loaded from {where} differ from what {run} was trained on "
+            f"({saved.get('name')}, {saved.get(f'{which}_size')} images, fingerprint {want}; these have {fp}); "
+            "point --data-dir at the run's data, or pass the same data"
+        )
+
+
+def custom_parts(vae: nn.Module, config: TrainConfig) -> dict[str, str]:
+    """The parts of ``vae`` that the names in ``config`` would not rebuild: ``{part: "module.Class"}``."""
+    from pyro_vae.model import build_vae
+
+    custom: dict[str, str] = {}
+    names = {"encoder": config.net, "decoder": config.net, "prior": config.prior, "likelihood": config.likelihood}
+    try:
+        with torch.device("meta"):
+            reference = build_vae(
+                vae.event_shape,  # type: ignore[arg-type]
+                config.net if config.net != "custom" else "mlp",
+                config.z_dim,
+                config.hidden,
+                config.prior if config.prior != "custom" else "normal",
+                config.likelihood if config.likelihood != "custom" else "bernoulli",
+                config.likelihood_scale,
+            )
+    except Exception:  # names that cannot be built for this shape: every part is the user's
+        reference = None
+    for part in PARTS:
+        mine = getattr(vae, part)
+        ref = None if reference is None else getattr(reference, part)
+        same = (
+            names[part] != "custom"
+            and ref is not None
+            and type(mine) is type(ref)
+            and {k: tuple(v.shape) for k, v in mine.state_dict().items()}
+            == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+        )
+        if not same:
+            custom[part] = f"{type(mine).__module__}.{type(mine).__qualname__}"
+    return custom
+
+
+def missing_parts(custom: dict[str, str], given: dict[str, nn.Module | None], run: str | Path, call: str) -> None:
+    """One line naming the custom parts a run needs passed back in."""
+    missing = [p for p in custom if given.get(p) is None]
+    if missing:
+        args = ", ".join(f"{p}=<your {custom[p]}>" for p in missing)
+        raise RunError(
+            f"{run} was trained with custom {', '.join(missing)} ({', '.join(custom[p] for p in missing)}), "
+            f"which a run folder cannot rebuild; pass the same module(s) back in: {call}({run}, {args})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json and metrics.csv
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``config.json`` as a dict, with one-line errors for a missing or damaged file."""
+    path = Path(run_dir, "config.json")
+    if not Path(run_dir).is_dir():
+        raise RunError(f"no run folder {run_dir}; pass a folder written by pyro-vae-train")
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run folder (no config.json); pass a folder of pyro-vae-train")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged (not JSON: {exc}); restore it from a checkpoint's config") from None
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} is damaged (a JSON {type(saved).__name__}, not an object of settings)")
+    return saved
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The settings a run folder was trained with."""
+    return TrainConfig.from_dict(read_run_json(run_dir), source=str(Path(run_dir, "config.json")))
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """``metrics.csv``, replaced atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(METRICS_FIELDS)
+    for row in rows:
+        writer.writerow(["" if isinstance(row[k], float) and math.isnan(row[k]) else row[k] for k in METRICS_FIELDS])
+    tmp = run_dir / ".metrics.csv.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of ``metrics.csv`` (none if it is absent); a damaged file is a one-line :class:`RunError`."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    try:
+        reader = csv.DictReader(path.open())
+        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+            raise ValueError(f"header {reader.fieldnames}")
+        for r in reader:
+            row: dict[str, float] = {}
+            for k in METRICS_FIELDS:
+                v = r.get(k)
+                if v is None:
+                    raise ValueError(f"line {reader.line_num} has no {k}")
+                row[k] = int(v) if k == "epoch" else float(v) if v != "" else math.nan
+            rows.append(row)
+    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); restore it, or move it away to resume with a fresh log") from None
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# a run and the data it is scored on
+
+
+@dataclass
+class LoadedRun:
+    """A trained run and its held-out data, prepared the way its likelihood needs.
+
+    :param x: the split's data prepared for the run's likelihood (binarized with the run's seed for
+        Bernoulli, [0, 1] or 8-bit values otherwise), float32, on the run's device.
+    """
+
+    vae: Any
+    config: TrainConfig
+    state: dict[str, Any]
+    checkpoint: Path
+    split: str
+    x: torch.Tensor
+    labels: torch.Tensor
+
+
+def load_run_and_data(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    data: Any = None,
+    limit: int | None = None,
+    **parts: nn.Module,
+) -> LoadedRun:
+    """Load a run's model and the held-out data it must be scored on, in one call: what evaluation
+    and the notebooks use, so a run is never scored on data prepared for another likelihood.
+
+    :param split: ``"test"`` (the run's held-out set, binarized once with its own seed where the
+        likelihood is Bernoulli) or ``"train"`` (prepared once with the same seed).
+    :param checkpoint: a checkpoint of this run (default its newest); one of another model or
+        other data is refused.
+    :param data_dir: where the data are now, if they moved (the fingerprints must still match).
+    :param data: the :class:`pyro_vae.data.ImageData` a run trained on in-memory data needs back.
+    :param limit: only the first ``limit`` points of the split.
+    :param parts: the custom modules the run was trained with (``prior=...`` etc.).
+    """
+    from pyro_vae.checkpoint import check_belongs, latest_checkpoint, load_run
+    from pyro_vae.data import heldout_images, prepare
+
+    if split not in ("test", "train"):
+        raise ConfigError(f"unknown split {split!r}; choose test or train")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit must be a positive number of images, got {limit}")
+    saved = read_run_json(run_dir)
+    config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
+    record = saved.get("data")
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
+    vae, _, state = load_run(run_dir, path, device, **parts)
+    check_belongs(state, saved, path, run_dir)
+    if record and record.get("source") == "memory":
+        if data is None:
+            raise RunError(
+                f"{run_dir} was trained on in-memory data ({record.get('name')}, shape {record.get('event_shape')}); "
+                "pass the same data back: load_run_and_data(run, data=...)"
+            )
+    if data is not None:
+        where = "the data passed in"
+        if split == "test":
+            x, labels = data.test, data.test_labels
+            check_same_data(record, fingerprint(x), "test", where, run_dir)
+        else:
+            check_same_data(record, fingerprint(data.train), "train", where, run_dir)
+            g = torch.Generator().manual_seed(config.test_binarization_seed)
+            x, labels = prepare(data.train, vae.data_kind, g), data.train_labels
+    else:
+        root = data_dir or config.data_dir
+        where = str(root)
+        limit_split = config.limit_test if split == "test" else config.limit_train
+        if split == "train" and record:
+            from pyro_vae.data import load_raw
+
+            raw = load_raw(config.dataset, root, config.download)[0][:limit_split]
+            check_same_data(record, fingerprint(raw), "train", where, run_dir)
+        x, labels = heldout_images(
+            config.dataset,
+            root,
+            split,
+            kind=vae.data_kind,
+            seed=config.test_binarization_seed,
+            download=config.download,
+            limit=limit_split,
+        )
+        if split == "test":
+            check_same_data(record, fingerprint(x), "test", where, run_dir)
+    if limit is not None:
+        x, labels = x[:limit], labels[:limit]
+    vae.check_data(x, f"{split} images")
+    return LoadedRun(vae, config, state, path, split, x.to(device), labels)
