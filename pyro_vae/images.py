@@ -1,19 +1,87 @@
-"""PNG grids of images (reconstructions, prior samples)."""
+"""The run folder's pictures: labelled PNG grids of reconstructions and prior samples, large
+enough to read (small images are upscaled with nearest-neighbour pixels), and the learning curve."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
+from matplotlib.figure import Figure  # not pyplot: no backend is touched, nothing global kept
+from torchvision.utils import make_grid
+
+DPI = 100
+MIN_TILE_PIXELS = 96  # each image is drawn at least this many pixels wide
 
 
-def save_reconstructions(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path) -> None:
-    """One row of originals above one row of their reconstructions; images ``(n, C, H, W)`` in [0, 1]."""
-    rows = torch.cat([originals, reconstructions]).float().cpu()
-    save_image(make_grid(rows, nrow=len(originals), padding=2, pad_value=0.5), path)
+def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """``(n, C, H, W)`` in [0, 1] -> an ``(H', W', 3)`` array for imshow, 2-pixel grey gutters."""
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
+    return grid.permute(1, 2, 0)
 
 
-def save_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
-    """A square-ish grid of samples ``(n, C, H, W)`` in [0, 1]."""
-    save_image(make_grid(samples.float().cpu(), nrow=nrow, padding=2, pad_value=0.5), path)
+def _scale(images: torch.Tensor) -> int:
+    return max(1, math.ceil(MIN_TILE_PIXELS / max(images.shape[-2:])))
+
+
+def _figure(grids: Sequence[tuple[torch.Tensor, str]], scale: int, title: str, path: str | Path) -> None:
+    heights = [g.shape[0] for g, _ in grids]
+    width = max(g.shape[1] for g, _ in grids)
+    fig_w = width * scale / DPI + 1.4
+    fig_h = sum(heights) * scale / DPI + 0.6 + 0.25 * len(grids)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
+    axes = fig.subplots(len(grids), 1, height_ratios=heights, squeeze=False)
+    for ax, (grid, label) in zip(axes[:, 0], grids, strict=True):
+        ax.imshow(grid.numpy(), interpolation="nearest", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def save_reconstructions(
+    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, epoch: int | None = None
+) -> None:
+    """Originals (top row) above their reconstructions (bottom row), labelled; images ``(n, C, H, W)``
+    in [0, 1]."""
+    n = len(originals)
+    when = f"epoch {epoch}: " if epoch is not None else ""
+    _figure(
+        [(_grid(originals, n), "test image"), (_grid(reconstructions, n), "reconstruction")],
+        _scale(originals),
+        f"{when}held-out images and E[x | z = posterior mean]",
+        path,
+    )
+
+
+def save_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8, epoch: int | None = None) -> None:
+    """A grid of prior samples ``(n, C, H, W)`` in [0, 1], titled."""
+    when = f"epoch {epoch}: " if epoch is not None else ""
+    _figure(
+        [(_grid(samples, nrow), "")],
+        _scale(samples),
+        f"{when}{len(samples)} samples E[x | z], z ~ p(z)",
+        path,
+    )
+
+
+def save_learning_curve(metrics: Sequence[Mapping[str, float]], path: str | Path, unit: str = "nats/image") -> None:
+    """Train, validation and test loss against the epoch."""
+    fig = Figure(figsize=(6, 4), dpi=DPI)
+    ax = fig.subplots()
+    epochs = [m["epoch"] for m in metrics]
+    curves = (("train_loss", "train (mean over the epoch)"), ("val_loss", "validation"), ("test_loss", "test"))
+    for key, label in curves:
+        values = [m.get(key, math.nan) for m in metrics]
+        if any(not math.isnan(v) for v in values):
+            ax.plot(epochs, values, marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss (−ELBO, {unit})")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)

@@ -49,7 +49,7 @@ from pyro_vae.checkpoint import (
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, ResidentBatches, from_raw, load_raw, prepare
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
-from pyro_vae.images import save_reconstructions, save_samples
+from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.priors import has_closed_form_kl
@@ -531,8 +531,19 @@ def _save_pictures(run: _Run, shown: torch.Tensor, epoch: int) -> None:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(run.config.seed)
         images = run.run_dir / "images"
-        save_reconstructions(shown, run.vae.reconstruct(shown), images / f"reconstructions_epoch{epoch:04d}.png")
-        save_samples(run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png")
+        save_reconstructions(
+            _unit(shown, run.vae.data_kind),
+            run.vae.reconstruct(shown),
+            images / f"reconstructions_epoch{epoch:04d}.png",
+            epoch=epoch,
+        )
+        save_samples(run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png", epoch=epoch)
+    save_learning_curve(run.metrics, run.run_dir / "learning_curve.png")
+
+
+def _unit(x: torch.Tensor, kind: str) -> torch.Tensor:
+    # pictures show [0, 1]; 8-bit data are scaled down
+    return x / 255 if kind == "byte" else x
 
 
 def _interrupt(
