@@ -69,12 +69,18 @@ def _constraint_name(c: constraints.Constraint) -> str:
     raise CheckpointError(f"a Pyro param has the constraint {c!r}, which has no name a safe checkpoint can store")
 
 
-def param_store_state() -> dict[str, Any]:
-    """Pyro's param store as tensors and constraint names (``get_state`` pickles constraint objects)."""
+def param_store_state(exclude: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Pyro's param store as tensors and constraint names (``get_state`` pickles constraint objects).
+
+    :param exclude: a module whose own parameters are left out (a VAE registered for ``SVI``: its
+        weights are saved once, in the model's ``state_dict``).
+    """
     store = pyro.get_param_store()
+    own = {id(p) for p in exclude.parameters()} if exclude is not None else set()
+    names = [k for k, v in store._params.items() if id(v) not in own]
     return {
-        "params": {k: v.detach().clone() for k, v in store._params.items()},
-        "constraints": {k: _constraint_name(c) for k, c in store._constraints.items()},
+        "params": {k: store._params[k].detach().clone() for k in names},
+        "constraints": {k: _constraint_name(store._constraints[k]) for k in names},
     }
 
 
@@ -139,7 +145,7 @@ def training_state(
         "format_version": FORMAT_VERSION,
         "model": vae.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "param_store": param_store_state(),
+        "param_store": param_store_state(exclude=vae),
         "epoch": epoch,
         "step": step,
         "position": position,

@@ -71,6 +71,7 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
             _positive(name, getattr(self, name))
+            _not_huge(name, getattr(self, name))
         for name in ("limit_train", "limit_test", "keep_checkpoints"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--hidden must be one or more positive widths, got {list(self.hidden)}; e.g. --hidden 400"
             )
+        for h in self.hidden:
+            _not_huge("hidden", h)
         if not self.data_dir:
             raise ConfigError("--data-dir is empty; pass the folder holding the data, e.g. --data-dir ../shared/data")
         if self.out is not None and not str(self.out).strip():
@@ -136,6 +139,16 @@ def _choice(name: str, value: str, choices: tuple[str, ...], custom: bool = Fals
 def _positive(name: str, value: int) -> None:
     if not value > 0:
         raise ConfigError(f"{_flag(name)} must be a positive integer, got {value}")
+
+
+# no tensor dimension, batch or count can be larger than this (torch indexes with 64-bit integers,
+# and no memory holds 2**40 float32 values); larger values are refused by name before any estimate
+MAX_SIZE = 2**40
+
+
+def _not_huge(name: str, value: int) -> None:
+    if value > MAX_SIZE:
+        raise ConfigError(f"{_flag(name)} {value:.3g} is beyond any memory (at most 2**40); lower it")
 
 
 def _finite_positive(name: str, value: float, example: str) -> None:

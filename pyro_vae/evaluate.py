@@ -100,7 +100,7 @@ def _checked_once(vae: VAE, x: torch.Tensor) -> Iterator[None]:
     """Check the data against the likelihood once, then run without Pyro's per-distribution
     checks, which would repeat that check on every chunk (a large share of a CPU step)."""
     vae.check_data(x)
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), vae.registration(False):
         yield
 
 

@@ -8,8 +8,8 @@ be swapped without touching the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -66,6 +66,16 @@ class VAE(nn.Module):
         self.event_shape = torch.Size(event_shape)
         self.kl_weight = 1.0
         self.register_params = True
+
+    @contextmanager
+    def registration(self, enabled: bool) -> Iterator[None]:
+        """Turn the ``pyro.module`` registration on or off inside a block (the library's own loop and
+        evaluation run with it off: they read ``vae.parameters()`` directly)."""
+        before, self.register_params = self.register_params, enabled
+        try:
+            yield
+        finally:
+            self.register_params = before
 
     def _register(self, *names: str) -> None:
         if not self.register_params:

@@ -229,15 +229,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return []
     rows = []
     try:
-        reader = csv.DictReader(path.open())
-        if reader.fieldnames is None or "epoch" not in reader.fieldnames:
-            raise ValueError(f"header {reader.fieldnames}")
-        for r in reader:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            records = list(reader)
+        if "epoch" not in fields:
+            raise ValueError(f"header {fields}")
+        for line, r in enumerate(records, start=2):
             row: dict[str, float] = {}
             for k in METRICS_FIELDS:
                 v = r.get(k)
                 if v is None:
-                    raise ValueError(f"line {reader.line_num} has no {k}")
+                    raise ValueError(f"line {line} has no {k}")
                 row[k] = int(v) if k == "epoch" else float(v) if v != "" else math.nan
             rows.append(row)
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:

@@ -22,8 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -98,8 +97,9 @@ def heldout_loss(vae: VAE, elbo: Any, x: torch.Tensor, batch_size: int = 1000) -
     total = torch.zeros((), device=x.device)
     weight, vae.kl_weight = vae.kl_weight, 1.0
     try:
-        for start in range(0, len(x), batch_size):
-            total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
+        with vae.registration(False):
+            for start in range(0, len(x), batch_size):
+                total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
     finally:
         vae.kl_weight = weight
     return total.item() / len(x)
@@ -267,7 +267,8 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
         custom = custom_parts(vae, config)
         config = replace(
             config,
-            net="custom" if {"encoder", "decoder"} & set(custom) else config.net,
+            # one custom network: the other is still rebuilt from the name
+            net="custom" if {"encoder", "decoder"} <= set(custom) else config.net,
             prior="custom" if "prior" in custom else config.prior,
             likelihood="custom" if "likelihood" in custom else config.likelihood,
         )
@@ -629,7 +630,7 @@ def _nonfinite_term(run: _Run, x: torch.Tensor, step: int) -> str:
     """Which ELBO term is NaN/Inf for batch ``x`` with the same z draws as the failed step."""
     vae = run.vae
     vae.kl_weight = run.weight(step)
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), vae.registration(False):
         guide_tr = poutine.trace(vae.guide).get_trace(x)
         model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
     recon = sum(s["fn"].log_prob(s["value"]).sum() for s in model_tr.nodes.values() if s.get("is_observed"))
@@ -724,7 +725,7 @@ def run_epoch(
     with (
         pyro.validation_enabled(False),
         torch.autocast(device.type, torch.bfloat16, enabled=bf16),
-        _unregistered(vae),
+        vae.registration(False),
     ):
         for x in batches:
             vae.kl_weight = 1.0 if weight is None else weight(step)
@@ -758,15 +759,6 @@ def run_epoch(
             if max_steps is not None and taken >= max_steps:
                 break
     return EpochProgress(total, step, taken, nonfinite=bool((bad | ~_all_finite(params)).item()))
-
-
-@contextmanager
-def _unregistered(vae: VAE) -> Iterator[None]:
-    registered, vae.register_params = vae.register_params, False
-    try:
-        yield
-    finally:
-        vae.register_params = registered
 
 
 def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:

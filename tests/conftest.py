@@ -55,3 +55,39 @@ def make_tiny_data(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), seed: i
 @pytest.fixture
 def tiny_data() -> ImageData:
     return make_tiny_data()
+
+
+def write_idx(path: Path, array, gz: bool = True) -> None:
+    """An idx file of unsigned bytes (the MNIST format), gzipped or not."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    a = np.asarray(array, dtype=np.uint8)
+    blob = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(blob)
+    else:
+        Path(path).write_bytes(blob)
+
+
+def make_idx_root(root: Path, folder: str = "MNIST", n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """A fabricated MNIST-layout dataset of 8x8 blobs, as .gz idx files, under ``root``."""
+    d = make_tiny_data(n_train, n_test, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    test = (255 * torch.rand(n_test, 8, 8, generator=g)).to(torch.uint8)  # intensities, not binarized
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", d.train[:, 0].numpy())
+    write_idx(raw / "train-labels-idx1-ubyte", (torch.arange(n_train) % 10).numpy())
+    write_idx(raw / "t10k-images-idx3-ubyte", test.numpy())
+    write_idx(raw / "t10k-labels-idx1-ubyte", (torch.arange(n_test) % 10).numpy())
+    return root
+
+
+@pytest.fixture
+def idx_root(tmp_path) -> Path:
+    """A tiny MNIST in torchvision's layout (gzipped idx files only), for command-line runs."""
+    return make_idx_root(tmp_path / "data")

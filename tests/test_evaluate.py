@@ -183,7 +183,7 @@ def test_evaluate_command_writes_eval_json(data_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "-log p(x), IS K=20" in proc.stdout
-    out = json.loads((run / "eval.json").read_text())
+    (out,) = json.loads((run / "eval.json").read_text())["evaluations"]
     assert {"run_dir", "checkpoint", "epoch", "split", "device", "num_points", "dims", "seed", "elbo", "nll"} <= set(
         out
     )
@@ -194,6 +194,19 @@ def test_evaluate_command_writes_eval_json(data_dir, tmp_path):
     assert set(out["nll"]) == {"1", "20"}
     assert out["nll"]["20"]["mean"] <= out["nll"]["1"]["mean"] + 3 * out["nll"]["1"]["se"]
     assert set(out["nll"]["20"]) == {"mean", "se", "bits_per_dim"}
+
+    # a train-split evaluation goes beside the test results, from any working directory; a later
+    # test evaluation with another K adds that K to the same entry
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = str(ROOT / "scripts" / "evaluate.py")
+    for extra in (["--split", "train", "--k", "5"], ["--k", "50"]):
+        cmd = [sys.executable, script, str(run), "--limit", "30", "--no-progress", *extra]
+        proc = subprocess.run(cmd, cwd=elsewhere, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    entries = json.loads((run / "eval.json").read_text())["evaluations"]
+    assert [(e["split"], sorted(e["nll"], key=int)) for e in entries] == [("test", ["1", "20", "50"]), ("train", ["5"])]
+    assert entries[0]["nll"]["20"] == out["nll"]["20"]  # kept, not recomputed
 
 
 def test_evaluate_command_on_a_missing_run_is_one_line(tmp_path):

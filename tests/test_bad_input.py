@@ -1,0 +1,369 @@
+"""Bad input, class by class: every case is one line on stderr, exit status 2, no traceback, no
+stray warnings, and nothing left behind (a refused run creates no folder; a damaged run folder is
+left as it was)."""
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae.cli import evaluate_main, train_main
+
+from conftest import make_idx_root
+
+TINY = ["--epochs", "1", "--batch-size", "16", "--z-dim", "3", "--hidden", "16", "--no-progress", "--no-download"]
+
+
+def call(main, argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def assert_one_line(code, err, expect: str):
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, f"more than one line: {err!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in err
+    assert expect in lines[0], lines[0]
+
+
+def refused_train(argv, capsys, tmp_path, expect, out=None):
+    out = out if out is not None else tmp_path / "run"
+    before = set(tmp_path.rglob("*"))
+    code, err = call(train_main, [*argv, "--out", str(out)], capsys)
+    assert_one_line(code, err, expect)
+    assert set(tmp_path.rglob("*")) == before, "a refused run must leave nothing behind"
+
+
+# ------------------------------------------------------------------------------------------------
+# class 1: sizes that cannot fit in memory, refused before allocating
+
+SIZES = [
+    (["--z-dim", "1e9"], "needs about"),
+    (["--z-dim", "1000000000"], "needs about"),
+    (["--hidden", "1e9"], "needs about"),
+    (["--hidden", "400", "1000000000"], "needs about"),
+    (["--elbo", "iwae", "--particles", "1e9"], "needs about"),
+    (["--net", "conv", "--z-dim", "1e10"], "needs about"),
+    (["--prior", "vamp", "--hidden", "300000000"], "needs about"),
+    (["--z-dim", "1e99"], "--z-dim 1e+99 is beyond any memory"),
+    (["--hidden", "1e50"], "--hidden 1e+50 is beyond any memory"),
+    (["--batch-size", "1e20"], "--batch-size 1e+20 is beyond any memory"),
+    (["--z-dim", "2.5"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", SIZES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_sizes_that_cannot_fit_are_refused_before_allocating(idx_root, tmp_path, capsys, argv, expect):
+    refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
+
+
+# ------------------------------------------------------------------------------------------------
+# class 2: seeds out of range
+
+SEEDS = [
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
+    (["--seed", str(2**64)], "--seed must be an integer from 0 to 4294967295"),
+    (["--seed", str(2**32)], "--seed must be an integer from 0 to 4294967295"),
+    (["--test-binarization-seed", "-7"], "--test-binarization-seed must be an integer from 0"),
+    (["--test-binarization-seed", str(2**70)], "--test-binarization-seed must be an integer from 0"),
+    (["--seed", "1.5"], "invalid int value"),
+    (["--seed", "nan"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", SEEDS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_out_of_range_seeds(idx_root, tmp_path, capsys, argv, expect):
+    refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
+
+
+def test_largest_seed_is_accepted(idx_root, tmp_path, capsys):
+    code, err = call(
+        train_main, [*TINY, "--data-dir", str(idx_root), "--seed", str(2**32 - 1), "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------------------
+# class 3: infinite or NaN settings
+
+NONFINITE = [
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--lr=-inf"], "--lr must be a finite number > 0"),
+    (["--beta", "inf"], "--beta must be a finite number >= 0"),
+    (["--beta", "nan"], "--beta must be a finite number >= 0"),
+    (["--likelihood-scale", "inf"], "--likelihood-scale must be a finite number > 0"),
+    (["--likelihood-scale", "nan"], "--likelihood-scale must be a finite number > 0"),
+    (["--warmup", "inf", "--kl-schedule", "linear"], "--warmup must be a finite number >= 0"),
+    (["--warmup", "nan"], "--warmup must be a finite number >= 0"),
+    (["--clip-grad", "inf"], "--clip-grad must be a finite number > 0"),
+    (["--epochs", "inf"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", NONFINITE, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_nonfinite_settings(idx_root, tmp_path, capsys, argv, expect):
+    refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
+
+
+# ------------------------------------------------------------------------------------------------
+# class 4: --out that cannot take a run
+
+
+def _out_cases(tmp_path: Path) -> list:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    stale = tmp_path / "stale"
+    (stale / "checkpoints").mkdir(parents=True)
+    (stale / "checkpoints" / "epoch0001.pt").write_bytes(b"precious")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "config.json").write_text("{}")
+    return [
+        (afile, "is a file, not a folder"),
+        (afile / "run", "lies below"),
+        ("", "--out is empty"),
+        ("   ", "--out is empty"),
+        (stale, "is not empty"),
+        (busy, "is not empty"),
+        (done, "already holds a run"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_bad_out_folders(idx_root, tmp_path, capsys, case):
+    out, expect = _out_cases(tmp_path)[case]
+    refused_train([*TINY, "--data-dir", str(idx_root)], capsys, tmp_path, expect, out=out)
+    if case == 4:  # the checkpoints found there are untouched
+        assert (tmp_path / "stale" / "checkpoints" / "epoch0001.pt").read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: permissions cannot refuse it")
+def test_out_in_a_read_only_folder(idx_root, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        refused_train([*TINY, "--data-dir", str(idx_root)], capsys, tmp_path, "permission denied", out=ro / "run")
+    finally:
+        ro.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------------------
+# class 5: corrupt, truncated or missing dataset files
+
+
+def _damage(raw: Path, how: str) -> str:
+    """Damage one file of a fabricated MNIST folder; return the file name the message must name."""
+    name = "train-images-idx3-ubyte.gz"
+    blob = gzip.decompress((raw / name).read_bytes())
+    if how == "truncated-gz":
+        (raw / name).write_bytes((raw / name).read_bytes()[:200])
+    elif how == "not-gzip":
+        (raw / name).write_bytes(b"hello, not a gzip file at all")
+    elif how == "short-idx":
+        (raw / name).write_bytes(gzip.compress(blob[:-30]))
+    elif how == "bad-magic":
+        (raw / name).write_bytes(gzip.compress(b"\x01\x02" + blob[2:]))
+    elif how == "wrong-rank":
+        (raw / name).write_bytes(gzip.compress(blob[:3] + b"\x02" + blob[4:]))
+    elif how == "raw-truncated":  # an unpacked file beside the .gz is read first
+        (raw / "train-images-idx3-ubyte").write_bytes(blob[:100])
+        return "train-images-idx3-ubyte"
+    elif how == "count-mismatch":
+        labels = gzip.decompress((raw / "train-labels-idx1-ubyte.gz").read_bytes())
+        short = labels[:4] + (len(labels) - 8 - 5).to_bytes(4, "big") + labels[8:-5]
+        (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(short))
+        return "differ in number"
+    elif how == "empty":
+        (raw / name).write_bytes(b"")
+    return name
+
+
+DAMAGE = [
+    "truncated-gz",
+    "not-gzip",
+    "short-idx",
+    "bad-magic",
+    "wrong-rank",
+    "raw-truncated",
+    "count-mismatch",
+    "empty",
+]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_corrupt_dataset_files_are_named(tmp_path, capsys, how):
+    root = make_idx_root(tmp_path / "data")
+    named = _damage(root / "MNIST" / "raw", how)
+    refused_train([*TINY, "--data-dir", str(root)], capsys, tmp_path, named)
+    _, err = call(train_main, [*TINY, "--data-dir", str(root), "--out", str(tmp_path / "r2")], capsys)
+    if how != "count-mismatch":
+        assert "corrupt" in err and "not found" not in err
+
+
+def test_gz_only_folder_works_offline(idx_root, tmp_path, capsys):
+    assert not list(idx_root.rglob("*-ubyte"))  # only the .gz files
+    code, err = call(train_main, [*TINY, "--data-dir", str(idx_root), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_failed_lookups_leave_no_folders(tmp_path, capsys, download):
+    argv = [a for a in TINY if download is False or a != "--no-download"]
+    where = tmp_path / "nowhere" / "deeper"
+    refused_train([*argv, "--data-dir", str(where)], capsys, tmp_path, "not found in")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_data_dir_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "data.txt"
+    f.write_text("x")
+    refused_train([*TINY, "--data-dir", str(f)], capsys, tmp_path, "is a file")
+
+
+# ------------------------------------------------------------------------------------------------
+# class 6: a damaged run folder on resume
+
+
+@pytest.fixture
+def trained(idx_root, tmp_path, capsys) -> Path:
+    out = tmp_path / "trained"
+    code, err = call(train_main, [*TINY, "--epochs", "2", "--data-dir", str(idx_root), "--out", str(out)], capsys)
+    assert code == 0, err
+    return out
+
+
+def _break_run(run: Path, how: str) -> str:
+    if how == "config-not-json":
+        (run / "config.json").write_text("{not json")
+        return "not JSON"
+    if how == "config-list":
+        (run / "config.json").write_text("[1, 2]")
+        return "not an object of settings"
+    if how == "config-bad-type":
+        saved = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**saved, "z_dim": "three"}))
+        return "--z-dim must be int"
+    if how == "config-unknown":
+        saved = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**saved, "learning_rate": 1}))
+        return "unknown settings ['learning_rate']"
+    if how == "config-missing":
+        (run / "config.json").unlink()
+        return "no config.json"
+    if how == "metrics-garbage":
+        (run / "metrics.csv").write_text(
+            "epoch,train_loss,val_loss,test_loss,seconds,checkpoint_seconds\n1,abc,,1,1,1\n"
+        )
+        return "metrics.csv is damaged"
+    if how == "metrics-header":
+        (run / "metrics.csv").write_bytes(b"\x00\xff\xfe garbage")
+        return "metrics.csv is damaged"
+    if how == "metrics-short-row":
+        (run / "metrics.csv").write_text("epoch,train_loss,val_loss,test_loss,seconds,checkpoint_seconds\n1,2\n")
+        return "metrics.csv is damaged"
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    os.unlink(last)  # a hard link to epoch0002.pt: write a separate file
+    if how == "ckpt-no-optimizer":
+        del state["optimizer"]
+        torch.save(state, last)
+        return "lacks optimizer"
+    if how == "ckpt-no-rng":
+        del state["rng"]
+        torch.save(state, last)
+        return "lacks rng"
+    if how == "ckpt-no-model":
+        del state["model"]
+        torch.save(state, last)
+        return "not a pyro_vae checkpoint"
+    if how == "ckpt-truncated":
+        shutil.copy(run / "checkpoints" / "epoch0002.pt", last)
+        last.write_bytes(last.read_bytes()[:500])
+        return "truncated or corrupt"
+    if how == "ckpt-not-a-dict":
+        torch.save([1, 2, 3], last)
+        return "not a pyro_vae checkpoint"
+    raise AssertionError(how)
+
+
+RUN_DAMAGE = [
+    "config-not-json",
+    "config-list",
+    "config-bad-type",
+    "config-unknown",
+    "config-missing",
+    "metrics-garbage",
+    "metrics-header",
+    "metrics-short-row",
+    "ckpt-no-optimizer",
+    "ckpt-no-rng",
+    "ckpt-no-model",
+    "ckpt-truncated",
+    "ckpt-not-a-dict",
+]
+
+
+@pytest.mark.parametrize("how", RUN_DAMAGE)
+def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(trained, capsys, how):
+    expect = _break_run(trained, how)
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    code, err = call(train_main, ["--resume", str(trained), "--epochs", "3", "--no-progress"], capsys)
+    assert_one_line(code, err, expect)
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------------------------------------
+# class 7: evaluate's settings
+
+
+def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
+    other = tmp_path / "other"
+    code, err = call(train_main, [*TINY, "--z-dim", "4", "--data-dir", str(idx_root), "--out", str(other)], capsys)
+    assert code == 0, err
+    junk = tmp_path / "junk.json"
+    junk.write_text("not json")
+    return [
+        (["--limit", "0"], "--limit must be a positive number of images, got 0"),
+        (["--limit", "-3"], "--limit must be a positive number of images, got -3"),
+        (["--k", "0"], "--k must be sample counts from 1"),
+        (["--k", "10", "2000000"], "--k must be sample counts from 1"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--elbo-particles", "-1"], "--elbo-particles must be a positive integer"),
+        (["--seed", "-1"], "--seed must be an integer from 0"),
+        (["--out", str(tmp_path / "missing" / "eval.json")], "does not exist"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(junk)], "is not an evaluation file"),
+        (["--checkpoint", str(other / "checkpoints" / "last.pt")], "is not a checkpoint of"),
+        (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint file"),
+        (["--split", "valid"], "invalid choice"),
+        (["--data-dir", str(tmp_path / "empty")], "not found in"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_evaluate_refuses_before_the_work(trained, tmp_path, idx_root, capsys, case):
+    argv, expect = _eval_cases(trained, tmp_path, idx_root, capsys)[case]
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    code, err = call(evaluate_main, [str(trained), "--k", "2", "--no-progress", *argv], capsys)
+    assert_one_line(code, err, expect)
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before  # no eval.json written
+
+
+def test_evaluate_a_run_whose_folder_is_missing(tmp_path, capsys):
+    code, err = call(evaluate_main, [str(tmp_path / "nope")], capsys)
+    assert_one_line(code, err, "no run folder")
