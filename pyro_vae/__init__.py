@@ -27,6 +27,7 @@ from pyro_vae.priors import (
     VampPrior,
     build_prior,
 )
+from pyro_vae.runs import LoadedRun, RunError, load_run_and_data
 from pyro_vae.training import Interrupted, NonFiniteLoss, TrainResult, heldout_loss, resume, train
 
 __version__ = "0.1.0"
@@ -50,12 +51,14 @@ __all__ = [
     "LaplaceLikelihood",
     "LaplacePrior",
     "LearnedNormalPrior",
+    "LoadedRun",
     "MLPDecoder",
     "MLPEncoder",
     "MixtureOfGaussiansPrior",
     "NonFiniteLoss",
     "NormalLikelihood",
     "PyroVAEError",
+    "RunError",
     "StandardNormalPrior",
     "StudentTPrior",
     "TrainConfig",
@@ -70,6 +73,7 @@ __all__ = [
     "kl_weight",
     "load_data",
     "load_run",
+    "load_run_and_data",
     "make_elbo",
     "resume",
     "train",
