@@ -367,3 +367,34 @@ def test_evaluate_refuses_before_the_work(trained, tmp_path, idx_root, capsys, c
 def test_evaluate_a_run_whose_folder_is_missing(tmp_path, capsys):
     code, err = call(evaluate_main, [str(tmp_path / "nope")], capsys)
     assert_one_line(code, err, "no run folder")
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole process: nothing but the one line on stderr (no import-time or teardown warnings)
+
+
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["train", "--z-dim", "1e9"], "needs about"),
+        (["train", "--seed", "-1"], "--seed must be"),
+        (["train", "--lr", "nan"], "--lr must be a finite number"),
+        (["evaluate", "RUN", "--limit", "0"], "--limit must be a positive number"),
+    ],
+)
+def test_a_separate_process_prints_exactly_one_line(idx_root, tmp_path, capsys, argv, expect):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    if argv[0] == "evaluate":
+        assert call(train_main, [*TINY, "--data-dir", str(idx_root), "--out", str(run)], capsys)[0] == 0
+        argv = ["evaluate", str(run), *argv[2:]]
+    else:
+        argv = [argv[0], *TINY, *argv[1:], "--data-dir", str(idx_root), "--out", str(tmp_path / "new")]
+    proc = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line(proc.returncode, proc.stderr, expect)
+    assert proc.stdout == ""
+    assert not (tmp_path / "new").exists()
