@@ -36,7 +36,7 @@ def main() -> None:
         comp = torch.randint(k, (500,), generator=g)
         z = locs[comp] + scales[comp] * torch.randn(500, d, generator=g).double()
         f32 = [t.float() for t in (logits, locs, scales, z)]
-        locs, scales, logits, z = (t.double() for t in f32)  # the reference sees the same float32 values
+        logits, locs, scales, z = (t.double() for t in f32)  # the reference sees the same float32 values
         ref = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)).log_prob(z)
         old = (expanded_float32(*f32).double() - ref).abs().max().item()
         new = (DiagonalGaussianMixture(*f32[:3]).log_prob(f32[3]).double() - ref).abs().max().item()
