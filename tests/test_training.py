@@ -46,9 +46,10 @@ def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
     # what the run was trained on, recorded independently of the config's dataset name
     assert saved["data"]["source"] == "memory" and saved["data"]["name"] == "tiny"
     assert saved["data"]["event_shape"] == [1, 8, 8] and saved["data"]["test_size"] == len(tiny_data.test)
-    assert saved["data"]["test_fingerprint"] == hashlib.sha256(
-        b"torch.float32(40, 1, 8, 8)" + tiny_data.test.numpy().tobytes()
-    ).hexdigest()[:16]
+    assert (
+        saved["data"]["test_fingerprint"]
+        == hashlib.sha256(b"torch.float32(40, 1, 8, 8)" + tiny_data.test.numpy().tobytes()).hexdigest()[:16]
+    )
     assert saved["objective"] == ("KL: analytic" if elbo == "analytic" else "KL: Monte-Carlo (Trace_ELBO)")
     assert saved["device"] == "cpu" and saved["versions"]["pyro"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
