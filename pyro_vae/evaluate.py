@@ -30,7 +30,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE

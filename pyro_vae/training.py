@@ -31,7 +31,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_vae.checkpoint import (
     check_compatible,
