@@ -23,7 +23,7 @@ from pyro.distributions import constraints
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.model import VAE, build_vae_from_config
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,7 +32,19 @@ FORMAT_VERSION = 2
 # format 1 (before resume): no RNG states or position; loads for evaluation, cannot resume
 READABLE_FORMATS = (1, 2)
 # settings that decide the shape of the model: a checkpoint only fits a run that agrees on them
-MODEL_FIELDS = ("net", "z_dim", "hidden", "prior", "likelihood", "likelihood_scale")
+MODEL_FIELDS = (
+    "net",
+    "z_dim",
+    "hidden",
+    "decoder_hidden",
+    "conv_channels",
+    "conv_strides",
+    "conv_kernel",
+    "conv_depth",
+    "prior",
+    "likelihood",
+    "likelihood_scale",
+)
 
 
 class CheckpointError(PyroVAEError):
@@ -293,30 +305,7 @@ def load_run(
     config = TrainConfig.from_dict(state["config"], source=str(path))
     custom = state.get("custom") or {}
     missing_parts(custom, parts, run_dir, "load_run")
-    vae = _build_from_config(state["event_shape"], config, parts)
+    vae = build_vae_from_config(state["event_shape"], config, **parts)
     load_model_state(vae, state, path)
     restore_param_store(state["param_store"])
     return vae.to(device).eval(), config, state
-
-
-def _build_from_config(event_shape: Any, config: TrainConfig, parts: dict[str, torch.nn.Module]) -> VAE:
-    """``build_vae`` from the config's names, with any given module in place of its name."""
-    net: Any = config.net
-    if "encoder" in parts or "decoder" in parts or config.net == "custom":
-        from pyro_vae.nets import build_networks
-
-        default = (
-            build_networks(config.net, event_shape, config.z_dim, config.hidden) if config.net != "custom" else None
-        )
-        enc = parts.get("encoder") or (default[0] if default else None)
-        dec = parts.get("decoder") or (default[1] if default else None)
-        net = (enc, dec)
-    return build_vae(
-        event_shape,
-        net,
-        config.z_dim,
-        config.hidden,
-        parts.get("prior") or config.prior,
-        parts.get("likelihood") or config.likelihood,
-        config.likelihood_scale,
-    )

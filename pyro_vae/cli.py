@@ -54,16 +54,33 @@ def train_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = _Parser(
         prog="pyro-vae-train",
-        description="Train a Pyro VAE with SVI on binarized MNIST or Fashion-MNIST.",
+        description="Train a Pyro VAE with SVI on MNIST, Fashion-MNIST, binarized MNIST, CIFAR-10 or your images.",
     )
     a = p.add_argument
     a("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
     a("--dataset", choices=DATASETS, default=d.dataset, help="dataset (default %(default)s)")
     a("--data-dir", default=d.data_dir, help="root in torchvision's layout, <dir>/MNIST/raw/ (default %(default)s)")
     a("--no-download", dest="download", action="store_false", help="fail instead of downloading missing files")
+    a("--image-size", type=_int, default=d.image_size, help="folder: resize the shorter side, centre-crop S x S")
+    a("--channels", type=_int, choices=(1, 3), default=d.channels, help="folder: 1 (grayscale) or 3 (RGB)")
+    a("--test-fraction", type=float, default=d.test_fraction, help="folder: held-out share (default %(default)s)")
+    a("--split-seed", type=_int, default=d.split_seed, help="folder: seed of the held-out split (default %(default)s)")
+    a("--patches", type=_int, default=d.patches, help="cut every image into non-overlapping P x P tiles")
+    a("--cache-dir", default=d.cache_dir, help="folder: where decoded images are cached (default beside them)")
+    a(
+        "--data-placement",
+        choices=("auto", "resident", "stream"),
+        default=d.data_placement,
+        help="training images on the device, or streamed from host memory (default %(default)s: by size)",
+    )
     a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
     a("--z-dim", type=_int, default=d.z_dim, help="latent size (default %(default)s)")
     a("--hidden", type=_int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
+    a("--decoder-hidden", type=_int, nargs="+", default=d.decoder_hidden, help="MLP decoder widths from z out")
+    a("--conv-channels", type=_int, nargs="+", default=list(d.conv_channels), help="conv filters (default %(default)s)")
+    a("--conv-strides", type=_int, nargs="+", default=list(d.conv_strides), help="conv strides (default %(default)s)")
+    a("--conv-kernel", type=_int, default=d.conv_kernel, help="conv kernel size, odd (default %(default)s)")
+    a("--conv-depth", type=_int, default=d.conv_depth, help="N stride-2 layers doubling from 32 filters + dense")
     a("--prior", choices=PRIOR_NAMES, default=d.prior, help="p(z) (default %(default)s)")
     a("--likelihood", choices=LIKELIHOOD_NAMES, default=d.likelihood, help="p(x|z) (default %(default)s)")
     a(

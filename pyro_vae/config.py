@@ -12,7 +12,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES, SCHEDULES
 from pyro_vae.priors import PRIORS
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
 NETS = ("mlp", "conv")
 DEVICES = ("auto", "cpu", "cuda")
 ELBOS = tuple(OBJECTIVES)
@@ -24,12 +24,25 @@ LIKELIHOOD_NAMES = tuple(LIKELIHOODS)
 class TrainConfig:
     """Every setting of a training run; ``config.json`` in the run folder is this, resolved."""
 
-    dataset: str = "mnist"  # "mnist" | "fashion-mnist"; pixels are binarized for the Bernoulli likelihood
-    data_dir: str = "./data"  # torchvision layout: <data_dir>/MNIST/raw/*-ubyte(.gz)
+    dataset: str = "mnist"  # a name of pyro_vae.data.DATASETS; pixels are prepared for the likelihood
+    data_dir: str = "./data"  # the dataset's root (torchvision layout), or the image folder for "folder"
     download: bool = True  # fetch missing files through torchvision; off for air-gapped machines
+    image_size: int | None = None  # folder: resize the shorter side, centre-crop S x S; None: keep sizes
+    channels: int | None = None  # folder: 1 (grayscale) or 3 (RGB); None: 1 only if every image is grayscale
+    test_fraction: float = 0.1  # folder without train/ and test/: share held out, by a hash of each path
+    split_seed: int = 0  # seed of that held-out split; apart from `seed` so the split stays put
+    patches: int | None = None  # cut every image into non-overlapping P x P tiles (texture datasets)
+    cache_dir: str | None = None  # folder: where decoded arrays are cached; None: beside the images
+    data_placement: str = "auto"  # "resident" on the device, "stream" from host memory, "auto": by size
     net: str = "mlp"  # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
     z_dim: int = 50  # latent size; 50 as in Pyro's VAE example
     hidden: tuple[int, ...] = (400,)  # MLP hidden widths in encoder order; the decoder mirrors them
+    decoder_hidden: tuple[int, ...] | None = None  # MLP decoder widths from z outwards; None mirrors `hidden`
+    conv_channels: tuple[int, ...] = (32, 64, 64, 64)  # conv filters per layer (seed 000's stack)
+    conv_strides: tuple[int, ...] = (1, 2, 2, 1)  # one stride per conv layer
+    conv_kernel: int = 3  # odd, so "same" padding exists
+    conv_depth: int | None = None  # shortcut: N stride-2 layers doubling from 32 filters, then a dense
+    # layer of hidden[-1] units; overrides conv_channels/conv_strides (large images, seed 001)
     prior: str = "normal"  # p(z), see pyro_vae.priors.PRIORS ("custom": a module passed to train(vae=...))
     likelihood: str = "bernoulli"  # p(x|z), see pyro_vae.likelihoods.LIKELIHOODS; decides the data prep
     likelihood_scale: float = 0.1  # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
@@ -58,6 +71,28 @@ class TrainConfig:
     progress: bool = True  # tqdm bar with loss and images/s
     out: str | None = None  # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
 
+    def data_options(self) -> Any:
+        """How to read the dataset: a :class:`pyro_vae.data.DataOptions` from these settings."""
+        from pyro_vae.data.source import DataOptions
+
+        return DataOptions(
+            data_dir=self.data_dir,
+            download=self.download,
+            image_size=self.image_size,
+            channels=self.channels,
+            test_fraction=self.test_fraction,
+            split_seed=self.split_seed,
+            cache_dir=self.cache_dir,
+        )
+
+    def conv_spec(self) -> Any:
+        """The conv stack of ``--net conv``: a :class:`pyro_vae.nets.ConvSpec`."""
+        from pyro_vae.nets import ConvSpec
+
+        if self.conv_depth is not None:
+            return ConvSpec.doubling(self.conv_depth, self.hidden[-1], self.conv_kernel)
+        return ConvSpec(tuple(self.conv_channels), tuple(self.conv_strides), self.conv_kernel)
+
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
         _check_types(self)
@@ -69,13 +104,35 @@ class TrainConfig:
         _choice("kl_schedule", self.kl_schedule, SCHEDULES)
         _choice("warmup_unit", self.warmup_unit, ("epochs", "steps"))
         _choice("device", self.device, DEVICES)
+        _choice("data_placement", self.data_placement, ("auto", "resident", "stream"))
+        for name in ("image_size", "patches", "conv_depth"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+                _not_huge(name, getattr(self, name))
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+        if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
+            raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
+        for name in ("decoder_hidden", "conv_channels", "conv_strides"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(v <= 0 for v in value)):
+                raise ConfigError(f"{_flag(name)} must be one or more positive integers, got {list(value)}")
+            for v in value or ():
+                _not_huge(name, v)
+        if len(self.conv_channels) != len(self.conv_strides):
+            raise ConfigError(
+                f"--conv-channels and --conv-strides need one value per layer, got {len(self.conv_channels)} "
+                f"and {len(self.conv_strides)}"
+            )
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ConfigError(f"--conv-kernel must be odd (3, 5, ...), got {self.conv_kernel}")
         for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
             _positive(name, getattr(self, name))
             _not_huge(name, getattr(self, name))
         for name in ("limit_train", "limit_test", "keep_checkpoints"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
-        for name in ("seed", "test_binarization_seed"):
+        for name in ("seed", "test_binarization_seed", "split_seed"):
             check_seed(_flag(name), getattr(self, name))
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(
@@ -101,7 +158,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
+        for name in _TUPLE_FIELDS:
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -116,8 +175,9 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
-        if isinstance(d.get("hidden"), list):
-            d["hidden"] = tuple(d["hidden"])
+        for name in _TUPLE_FIELDS:
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         config = cls(**d)
         try:
             _check_types(config)
@@ -177,7 +237,7 @@ def _check_types(config: TrainConfig) -> None:
             else isinstance(value, k) and not (isinstance(value, bool) and k is not bool)
             for k in kinds
         )
-        if f.name == "hidden" and ok:
+        if f.name in _TUPLE_FIELDS and ok and value is not None:
             ok = all(isinstance(h, int) and not isinstance(h, bool) for h in value)
         if not ok:
             want = (
@@ -204,7 +264,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "int | None": (int, type(None)),
     "str | None": (str, type(None)),
     "tuple[int, ...]": (tuple, list),
+    "tuple[int, ...] | None": (tuple, list, type(None)),
 }
+_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides")
 
 # what a run folder's config.json holds besides the settings
 RUN_RECORD_KEYS = ("objective", "versions", "data", "custom")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -18,7 +19,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.likelihoods import build_likelihood
-from pyro_vae.nets import build_networks
+from pyro_vae.nets import DEFAULT_CONV, ConvSpec, build_networks
 from pyro_vae.priors import build_prior
 
 
@@ -157,17 +158,22 @@ def build_vae(
     prior: str | nn.Module = "normal",
     likelihood: str | nn.Module = "bernoulli",
     likelihood_scale: float = 0.1,
+    *,
+    decoder_hidden: Sequence[int] | None = None,
+    conv: ConvSpec = DEFAULT_CONV,
 ) -> VAE:
     """A VAE from names or modules.
 
     :param net: ``"mlp"`` or ``"conv"``, or your own ``(encoder, decoder)`` pair.
     :param prior: a name of :data:`pyro_vae.priors.PRIORS`, or your own module returning p(z).
+    :param decoder_hidden: MLP decoder widths from z outwards (default: ``hidden`` mirrored).
+    :param conv: the conv stack of ``net="conv"`` (:class:`pyro_vae.nets.ConvSpec`).
     :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS`, or your own module
         ``(decoder_output, event_dim) -> p(x|z)``; it should set ``data_kind`` (``"binary"``,
         ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data`` and ``mean``.
     """
     if isinstance(net, str):
-        encoder, decoder = build_networks(net, event_shape, z_dim, hidden)
+        encoder, decoder = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv)
     else:
         encoder, decoder = net
     return VAE(
@@ -176,4 +182,28 @@ def build_vae(
         build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
         build_likelihood(likelihood, event_shape, likelihood_scale) if isinstance(likelihood, str) else likelihood,
         event_shape,
+    )
+
+
+def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.Module) -> VAE:
+    """The VAE a :class:`pyro_vae.TrainConfig` names, with any of ``encoder``, ``decoder``, ``prior``
+    and ``likelihood`` given as a module in place of its name."""
+    net: Any = config.net
+    if "encoder" in parts or "decoder" in parts or config.net == "custom":
+        default: tuple[Any, Any] = (None, None)
+        if config.net != "custom":
+            default = build_networks(
+                config.net, event_shape, config.z_dim, config.hidden, config.decoder_hidden, config.conv_spec()
+            )
+        net = (parts.get("encoder") or default[0], parts.get("decoder") or default[1])
+    return build_vae(
+        event_shape,
+        net,
+        config.z_dim,
+        config.hidden,
+        parts.get("prior") or config.prior,
+        parts.get("likelihood") or config.likelihood,
+        config.likelihood_scale,
+        decoder_hidden=config.decoder_hidden,
+        conv=config.conv_spec(),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,17 +64,50 @@ class MLPDecoder(nn.Module):
         return self.body(z).reshape(*z.shape[:-1], *self.event_shape)
 
 
-# the seed design's convolutional stack: (filters, stride), kernel 3, "same" padding
-CONV_LAYERS = ((32, 1), (64, 2), (64, 2), (64, 1))
+@dataclass(frozen=True)
+class ConvSpec:
+    """A convolutional stack: filters and stride per layer, one odd kernel size, "same" padding, and an
+    optional dense layer between the flattened features and the latent (mirrored in the decoder).
+
+    The default is the seed design: filters 32-64-64-64, strides 1-2-2-1, kernel 3, no dense layer.
+    """
+
+    channels: tuple[int, ...] = (32, 64, 64, 64)
+    strides: tuple[int, ...] = (1, 2, 2, 1)
+    kernel: int = 3
+    dense: int | None = None
+
+    @classmethod
+    def doubling(cls, depth: int, dense: int, kernel: int = 3) -> ConvSpec:
+        """``depth`` layers of stride 2 whose filters double from 32 (32, 64, 128, ...), then a dense
+        layer of ``dense`` units: the shortcut for large images."""
+        return cls(tuple(32 * 2**i for i in range(depth)), (2,) * depth, kernel, dense)
+
+    def check(self) -> ConvSpec:
+        if not self.channels or len(self.channels) != len(self.strides):
+            raise ConfigError(
+                f"--conv-channels and --conv-strides need one value per layer, got {list(self.channels)} and "
+                f"{list(self.strides)}"
+            )
+        if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
+            raise ConfigError("--conv-channels and --conv-strides must be positive integers")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ConfigError(f"--conv-kernel must be odd (3, 5, ...) so 'same' padding exists, got {self.kernel}")
+        if self.dense is not None and self.dense < 1:
+            raise ConfigError(f"the dense layer width must be positive, got {self.dense}")
+        return self
+
+    def sizes(self, hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Spatial size before each conv layer and after the last one."""
+        pad = self.kernel // 2
+        sizes = [hw]
+        for stride in self.strides:
+            h, w = sizes[-1]
+            sizes.append(((h + 2 * pad - self.kernel) // stride + 1, (w + 2 * pad - self.kernel) // stride + 1))
+        return sizes
 
 
-def _conv_sizes(hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """Spatial size before each conv layer and after the last one."""
-    sizes = [hw]
-    for _, stride in CONV_LAYERS:
-        h, w = sizes[-1]
-        sizes.append(((h - 1) // stride + 1, (w - 1) // stride + 1))
-    return sizes
+DEFAULT_CONV = ConvSpec()
 
 
 def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -86,43 +120,66 @@ def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """Conv2d 32-64-64-64, kernel 3, strides 1-2-2-1, LeakyReLU, then a Gaussian head."""
+    """Conv2d layers (LeakyReLU) as :class:`ConvSpec` says, an optional dense layer, a Gaussian head.
+    ``x: (N, C, H, W) -> (N, z_dim) x 2``; any image size and number of channels."""
 
-    def __init__(self, event_shape: Sequence[int], z_dim: int) -> None:
+    def __init__(self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV) -> None:
         super().__init__()
+        spec.check()
         c, h, w = _image_shape(event_shape)
+        sizes = spec.sizes((h, w))
+        if min(sizes[-1]) < 1:
+            raise ConfigError(f"the conv stack shrinks {h}x{w} images to nothing; use fewer stride-2 layers")
         layers: list[nn.Module] = []
-        for filters, stride in CONV_LAYERS:
-            layers += [nn.Conv2d(c, filters, 3, stride=stride, padding=1), nn.LeakyReLU()]
+        for filters, stride in zip(spec.channels, spec.strides, strict=True):
+            layers += [nn.Conv2d(c, filters, spec.kernel, stride=stride, padding=spec.kernel // 2), nn.LeakyReLU()]
             c = filters
-        self.body = nn.Sequential(*layers, nn.Flatten())
-        fh, fw = _conv_sizes((h, w))[-1]
-        self.head = GaussianHead(c * fh * fw, z_dim)
+        layers.append(nn.Flatten())
+        features = c * sizes[-1][0] * sizes[-1][1]
+        if spec.dense is not None:
+            layers += [nn.Linear(features, spec.dense), nn.LeakyReLU()]
+            features = spec.dense
+        self.body = nn.Sequential(*layers)
+        self.head = GaussianHead(features, z_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.body(x))
 
 
 class ConvDecoder(nn.Module):
-    """Dense -> reshape -> ConvTranspose2d mirroring :class:`ConvEncoder`; outputs logits."""
+    """Dense (optional dense layer first) -> reshape -> ConvTranspose2d mirroring :class:`ConvEncoder`;
+    outputs the likelihood's parameters (logits for Bernoulli) at the data's exact size."""
 
-    def __init__(self, event_shape: Sequence[int], z_dim: int) -> None:
+    def __init__(self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV) -> None:
         super().__init__()
+        spec.check()
         channels, h, w = _image_shape(event_shape)
-        sizes = _conv_sizes((h, w))
-        filters = [f for f, _ in CONV_LAYERS]
+        sizes = spec.sizes((h, w))
         self.event_shape = (channels, h, w)
-        self.start = (filters[-1], *sizes[-1])
-        self.dense = nn.Linear(z_dim, math.prod(self.start))
+        self.start = (spec.channels[-1], *sizes[-1])
+        dense: list[nn.Module] = []
+        width = z_dim
+        if spec.dense is not None:
+            dense += [nn.Linear(z_dim, spec.dense), nn.LeakyReLU()]
+            width = spec.dense
+        dense.append(nn.Linear(width, math.prod(self.start)))
+        self.dense = nn.Sequential(*dense) if spec.dense is not None else dense[0]
         layers: list[nn.Module] = []
-        # walk the encoder backwards; output_padding restores sizes that a stride-2 conv rounded down
-        outs = [*reversed(filters[:-1]), channels]
-        for i, (_, stride) in enumerate(reversed(CONV_LAYERS)):
+        # walk the encoder backwards; output_padding restores sizes that a strided conv rounded down
+        outs = [*reversed(spec.channels[:-1]), channels]
+        pad = spec.kernel // 2
+        n = len(spec.strides)
+        for i, stride in enumerate(reversed(spec.strides)):
             c_in = self.start[0] if i == 0 else outs[i - 1]
             (th, tw), (sh, sw) = sizes[-2 - i], sizes[-1 - i]
-            pad = (th - ((sh - 1) * stride + 1), tw - ((sw - 1) * stride + 1))
-            layers.append(nn.ConvTranspose2d(c_in, outs[i], 3, stride=stride, padding=1, output_padding=pad))
-            if i < len(CONV_LAYERS) - 1:
+            out_pad = (
+                th - ((sh - 1) * stride - 2 * pad + spec.kernel),
+                tw - ((sw - 1) * stride - 2 * pad + spec.kernel),
+            )
+            layers.append(
+                nn.ConvTranspose2d(c_in, outs[i], spec.kernel, stride=stride, padding=pad, output_padding=out_pad)
+            )
+            if i < n - 1:
                 layers.append(nn.LeakyReLU())
         self.body = nn.Sequential(*layers)
 
@@ -133,17 +190,25 @@ class ConvDecoder(nn.Module):
 
 
 def build_networks(
-    net: str, event_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,)
+    net: str,
+    event_shape: Sequence[int],
+    z_dim: int,
+    hidden: Sequence[int] = (400,),
+    decoder_hidden: Sequence[int] | None = None,
+    conv: ConvSpec = DEFAULT_CONV,
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder and decoder for data points of ``event_shape``.
 
     :param net: ``"mlp"`` or ``"conv"``.
-    :param event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
+    :param event_shape: shape of one data point, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``.
     :param z_dim: latent size.
-    :param hidden: MLP hidden widths (ignored by ``"conv"``).
+    :param hidden: MLP encoder widths (ignored by ``"conv"``).
+    :param decoder_hidden: MLP decoder widths from z outwards; default: the encoder's reversed.
+    :param conv: the convolutional stack of ``"conv"``.
     """
     if net == "mlp":
-        return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(event_shape, z_dim, hidden)
+        dec = tuple(reversed(tuple(decoder_hidden))) if decoder_hidden is not None else hidden
+        return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(event_shape, z_dim, dec)
     if net == "conv":
-        return ConvEncoder(event_shape, z_dim), ConvDecoder(event_shape, z_dim)
+        return ConvEncoder(event_shape, z_dim, conv), ConvDecoder(event_shape, z_dim, conv)
     raise ConfigError(f"unknown --net {net!r}; choose one of mlp, conv")

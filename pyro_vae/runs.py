@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -142,21 +143,19 @@ def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: st
 
 def custom_parts(vae: nn.Module, config: TrainConfig) -> dict[str, str]:
     """The parts of ``vae`` that the names in ``config`` would not rebuild: ``{part: "module.Class"}``."""
-    from pyro_vae.model import build_vae
+    from pyro_vae.model import build_vae_from_config
 
     custom: dict[str, str] = {}
     names = {"encoder": config.net, "decoder": config.net, "prior": config.prior, "likelihood": config.likelihood}
+    named = dc_replace(
+        config,
+        net=config.net if config.net != "custom" else "mlp",
+        prior=config.prior if config.prior != "custom" else "normal",
+        likelihood=config.likelihood if config.likelihood != "custom" else "bernoulli",
+    )
     try:
         with torch.device("meta"):
-            reference = build_vae(
-                vae.event_shape,  # type: ignore[arg-type]
-                config.net if config.net != "custom" else "mlp",
-                config.z_dim,
-                config.hidden,
-                config.prior if config.prior != "custom" else "normal",
-                config.likelihood if config.likelihood != "custom" else "bernoulli",
-                config.likelihood_scale,
-            )
+            reference = build_vae_from_config(vae.event_shape, named)  # type: ignore[arg-type]
     except Exception:  # names that cannot be built for this shape: every part is the user's
         reference = None
     for part in PARTS:
@@ -293,10 +292,10 @@ def load_run_and_data(
     :param parts: the custom modules the run was trained with (``prior=...`` etc.).
     """
     from pyro_vae.checkpoint import check_belongs, latest_checkpoint, load_run
-    from pyro_vae.data import heldout_images, prepare
+    from pyro_vae.data import load_source, prepare, split_of
 
-    if split not in ("test", "train"):
-        raise ConfigError(f"unknown split {split!r}; choose test or train")
+    if split not in ("test", "train", "valid"):
+        raise ConfigError(f"unknown split {split!r}; choose test, train or valid")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit must be a positive number of images, got {limit}")
     saved = read_run_json(run_dir)
@@ -319,26 +318,21 @@ def load_run_and_data(
         else:
             check_same_data(record, fingerprint(data.train), "train", where, run_dir)
             g = torch.Generator().manual_seed(config.test_binarization_seed)
-            x, labels = prepare(data.train, vae.data_kind, g), data.train_labels
+            x, labels = prepare(data.train, vae.data_kind, g, data.binary), data.train_labels
     else:
-        root = data_dir or config.data_dir
-        where = str(root)
-        limit_split = config.limit_test if split == "test" else config.limit_train
-        if split == "train" and record:
-            from pyro_vae.data import load_raw
-
-            raw = load_raw(config.dataset, root, config.download)[0][:limit_split]
-            check_same_data(record, fingerprint(raw), "train", where, run_dir)
-        x, labels = heldout_images(
-            config.dataset,
-            root,
-            split,
-            kind=vae.data_kind,
-            seed=config.test_binarization_seed,
-            download=config.download,
-            limit=limit_split,
+        options = config.data_options()
+        if data_dir is not None:
+            options = dc_replace(options, data_dir=str(Path(data_dir).resolve()))
+        where = options.data_dir
+        raw = load_source(config.dataset, options, config.patches)
+        raw = dc_replace(
+            raw, train=raw.train[: config.limit_train], train_labels=raw.train_labels[: config.limit_train]
         )
+        if split == "train" and record:
+            check_same_data(record, fingerprint(raw.train), "train", where, run_dir)
+        x, labels = split_of(raw, split, vae.data_kind, config.test_binarization_seed)
         if split == "test":
+            x, labels = x[: config.limit_test], labels[: config.limit_test]
             check_same_data(record, fingerprint(x), "test", where, run_dir)
     if limit is not None:
         x, labels = x[:limit], labels[:limit]

@@ -46,13 +46,13 @@ from pyro_vae.checkpoint import (
     training_state,
 )
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, ResidentBatches, from_raw, load_raw, prepare
+from pyro_vae.data import ImageData, ResidentBatches, StreamedBatches, fixed, from_raw, load_source, prepare
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.model import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.priors import has_closed_form_kl
-from pyro_vae.resources import check_fits, training_bytes
+from pyro_vae.resources import available_bytes, check_fits, training_bytes
 from pyro_vae.runs import (
     RunError,
     check_out_dir,
@@ -222,23 +222,17 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
     from_memory = data is not None
     if data is None:
         config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
-        raw = load_raw(config.dataset, config.data_dir, config.download)
-        event_shape = raw[0].shape[1:]
+        if config.cache_dir is not None:
+            config = replace(config, cache_dir=str(Path(config.cache_dir).resolve()))
+        raw = load_source(config.dataset, config.data_options(), config.patches)
+        event_shape = raw.train.shape[1:]
     else:
         raw, event_shape = None, data.event_shape
     pyro.set_rng_seed(config.seed)
     if vae is None:
         points = config.batch_size * (config.particles if config.elbo == "iwae" else 1)
         with torch.device("meta"):
-            sketch = build_vae(
-                event_shape,
-                config.net,
-                config.z_dim,
-                config.hidden,
-                config.prior,
-                config.likelihood,
-                config.likelihood_scale,
-            )
+            sketch = build_vae_from_config(event_shape, config)
         hidden = " ".join(map(str, config.hidden))
         sizes = f"--z-dim {config.z_dim}, --hidden {hidden}, --batch-size {config.batch_size}"
         if config.elbo == "iwae":
@@ -249,15 +243,7 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
             f"a {config.net} VAE for {tuple(event_shape)} data with {sizes}",
             "lower them",
         )
-        vae = build_vae(
-            event_shape,
-            config.net,
-            config.z_dim,
-            config.hidden,
-            config.prior,
-            config.likelihood,
-            config.likelihood_scale,
-        )
+        vae = build_vae_from_config(event_shape, config)
         custom: dict[str, str] = {}
     else:
         if not isinstance(vae, VAE):
@@ -283,7 +269,14 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
         )
     check_image_data(data)
     train_images, val = data.train, None
-    if config.validation:
+    if data.valid is not None:  # the dataset's own validation split chooses best.pt
+        if config.validation:
+            raise ConfigError(
+                f"{config.dataset} has its own validation split ({len(data.valid)} images) for best.pt; "
+                "drop --validation"
+            )
+        val = fixed(data.valid, kind, config.test_binarization_seed + 1, data.binary)
+    elif config.validation:
         if config.validation >= len(data.train):
             raise ConfigError(
                 f"--validation {config.validation} leaves no training images out of {len(data.train)}; lower it"
@@ -291,7 +284,7 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
         train_images = data.train[: -config.validation]
         # held out once, binarized once with a seed of its own, like the test set
         g = torch.Generator().manual_seed(config.test_binarization_seed + 1)
-        val = prepare(data.train[-config.validation :], kind, g)
+        val = prepare(data.train[-config.validation :], kind, g, data.binary)
     if config.batch_size > len(train_images):
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
@@ -302,19 +295,42 @@ def _setup(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, 
         vae.encoder.compile()  # in place: state_dict keys stay as they are
         vae.decoder.compile()
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    stream = _streamed(config.data_placement, train_images, device)
+    if stream:
+        batches: ResidentBatches = StreamedBatches(
+            train_images, config.batch_size, generator, kind, data.binary, device=device
+        )
+    else:
+        batches = ResidentBatches(
+            torch.as_tensor(train_images).to(device), config.batch_size, generator, kind, data.binary
+        )
     return _Run(
         config=config,
         vae=vae,
         elbo=make_elbo(config.elbo, config.particles),
         optimizer=torch.optim.Adam(vae.parameters(), lr=config.lr),
         generator=generator,
-        batches=ResidentBatches(train_images.to(device), config.batch_size, generator, kind),
+        batches=batches,
         val=None if val is None else val.to(device),
         test=data.test.to(device),
         run_dir=Path(config.out),  # type: ignore[arg-type]
         data_record=data_record(data, config, from_memory),
         custom=custom,
     )
+
+
+# resident data may take at most this share of the device's free memory; the rest is for the model
+RESIDENT_SHARE = 0.5
+
+
+def _streamed(placement: str, images: torch.Tensor, device: torch.device) -> bool:
+    """Whether the training images stream from host memory (``"auto"``: when they would take more
+    than half of the device's free memory)."""
+    if placement != "auto":
+        return placement == "stream"
+    if device.type == "cpu":
+        return False  # host memory is the device's: a memory map is paged in as it is read
+    return images.numel() * images.element_size() > RESIDENT_SHARE * available_bytes(device)
 
 
 def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = None) -> TrainResult:
@@ -397,9 +413,7 @@ def resume(
         raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
     vae = None
     if custom:
-        from pyro_vae.checkpoint import _build_from_config
-
-        vae = _build_from_config(state["event_shape"], config, parts)
+        vae = build_vae_from_config(state["event_shape"], config, **parts)
     run = _setup(config, data, vae, new_run=False)
     where = "the data passed in" if data is not None else config.data_dir
     for which in ("train", "test"):

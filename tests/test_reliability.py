@@ -217,9 +217,9 @@ BAD_FLAGS = [
     (["--validation", "-1"], "error: --validation must be >= 0, got -1"),
     (["--limit-train", "0"], "error: --limit-train must be a positive integer, got 0"),
     (
-        ["--dataset", "cifar10"],
-        "error: argument --dataset: invalid choice: 'cifar10' (choose from 'mnist', 'fashion-mnist'); "
-        "see pyro-vae-train --help",
+        ["--dataset", "svhn"],
+        "error: argument --dataset: invalid choice: 'svhn' (choose from 'mnist', 'fashion-mnist', "
+        "'binarized-mnist', 'cifar10', 'folder'); see pyro-vae-train --help",
     ),
     (
         ["--net", "rnn"],
