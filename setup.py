@@ -17,7 +17,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image"],
     },
     entry_points={
         "console_scripts": [
