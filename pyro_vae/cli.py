@@ -212,7 +212,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("run_dir", help="run folder written by pyro-vae-train")
     a("--k", type=_int, nargs="+", default=[5000], help="importance samples K, one or more (default 5000)")
-    a("--split", choices=("test", "train"), default="test", help="data to score (default %(default)s)")
+    a("--split", choices=("test", "train", "valid"), default="test", help="data to score; valid: binarized-mnist's")
     a("--checkpoint", default=None, help="a checkpoint file of this run (default: its newest)")
     a("--data-dir", default=None, help="data root, if the data moved (default: the run's --data-dir)")
     a("--limit", type=_int, default=None, help="score only the first N images")

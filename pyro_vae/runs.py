@@ -80,12 +80,11 @@ def make_run_dir(out: str | os.PathLike) -> Path:
         created.append(p)
         p = p.parent
     try:
-        for sub in ("", "checkpoints", "images"):
-            d = path / sub
-            if not d.exists():
-                d.mkdir()
-                if sub:
-                    created.insert(0, d)
+        for d in reversed(created):  # outermost first
+            d.mkdir()
+        for sub in ("checkpoints", "images"):
+            (path / sub).mkdir(exist_ok=True)
+            created.insert(0, path / sub)
         fd, probe = tempfile.mkstemp(dir=path)
         os.close(fd)
         os.unlink(probe)

@@ -86,6 +86,13 @@ def test_out_of_range_seeds(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
 
 
+def test_out_may_be_several_new_folders_deep(idx_root, tmp_path, capsys):
+    out = tmp_path / "runs" / "project" / "run-1"
+    code, err = call(train_main, [*TINY, "--data-dir", str(idx_root), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "config.json").is_file() and (out / "checkpoints").is_dir()
+
+
 def test_largest_seed_is_accepted(idx_root, tmp_path, capsys):
     code, err = call(
         train_main, [*TINY, "--data-dir", str(idx_root), "--seed", str(2**32 - 1), "--out", str(tmp_path / "r")], capsys
