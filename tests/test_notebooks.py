@@ -40,3 +40,42 @@ def test_runs_in_smoke_mode(path: Path, data_dir: str, monkeypatch, tmp_path):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("name", ["heldout_elbo.ipynb", "latent_space.ipynb"])
+def test_notebooks_load_a_colour_folder_run(name, monkeypatch, tmp_path):
+    """Any dataset: a run on a folder of RGB images, loaded by PYRO_VAE_RUN instead of training."""
+    nbclient = pytest.importorskip("nbclient")
+    import numpy as np
+    from PIL import Image
+
+    from pyro_vae import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        folder = tmp_path / "imgs" / ("red" if i % 2 else "blue")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = TrainConfig(
+        dataset="folder",
+        data_dir=str(tmp_path / "imgs"),
+        test_fraction=0.25,
+        net="conv",
+        z_dim=2,
+        likelihood="continuous-bernoulli",
+        epochs=1,
+        batch_size=10,
+        progress=False,
+        out=str(tmp_path / "run"),
+    )
+    run = train(config).run_dir
+    monkeypatch.setenv("PYRO_VAE_SMOKE", "1")
+    monkeypatch.setenv("PYRO_VAE_RUN", str(run))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = ROOT / "notebooks" / name
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "10 test images" in text or "-log p(x), IS K=25" in text
