@@ -530,8 +530,12 @@ def _fit(run: _Run, *, epoch: int, step: int, position: dict | None, best: float
             write_metrics(run.run_dir, run.metrics)
             _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
+            # 8-bit data (CIFAR-10's convention): bits per dimension, C x H x W of them
+            bpd = ""
+            if vae.data_kind == "byte":
+                bpd = f" ({test_loss / (math.prod(vae.event_shape) * math.log(2)):.3f} bits/dim)"
             tqdm.write(
-                f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image  "
+                f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image{bpd}  "
                 f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)"
             )
             if stop.requested() and epoch < config.epochs:
