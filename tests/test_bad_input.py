@@ -405,3 +405,38 @@ def test_a_separate_process_prints_exactly_one_line(idx_root, tmp_path, capsys, 
     assert_one_line(proc.returncode, proc.stderr, expect)
     assert proc.stdout == ""
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# class 8: dataset and network options
+
+DATASET_OPTIONS = [
+    (["--channels", "2"], "invalid choice: 2"),
+    (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
+    (["--test-fraction", "0"], "--test-fraction must be between 0 and 1"),
+    (["--test-fraction", "nan"], "--test-fraction must be between 0 and 1"),
+    (["--patches", "0"], "--patches must be a positive integer"),
+    (["--patches", "64"], "--patches 64 is larger than the 8x8 images"),
+    (["--image-size", "-4"], "--image-size must be a positive integer"),
+    (["--split-seed", "-1"], "--split-seed must be an integer from 0"),
+    (["--conv-kernel", "4", "--net", "conv"], "--conv-kernel must be odd"),
+    (["--conv-channels", "32", "64", "--net", "conv"], "one value per layer"),
+    (["--conv-strides", "0", "2", "2", "1", "--net", "conv"], "--conv-strides must be one or more positive integers"),
+    (["--conv-depth", "0", "--net", "conv"], "--conv-depth must be a positive integer"),
+    (["--decoder-hidden", "0"], "--decoder-hidden must be one or more positive integers"),
+    (["--data-placement", "gpu"], "invalid choice: 'gpu'"),
+    (["--dataset", "folder"], "differ in size"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", DATASET_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_dataset_and_network_options(idx_root, tmp_path, capsys, argv, expect):
+    if argv[:2] == ["--dataset", "folder"]:  # a folder of images of two sizes
+        from PIL import Image
+
+        (tmp_path / "imgs").mkdir()
+        Image.new("RGB", (10, 12)).save(tmp_path / "imgs" / "a.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "b.png")
+        refused_train([*TINY, *argv, "--data-dir", str(tmp_path / "imgs")], capsys, tmp_path, expect)
+        return
+    refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
