@@ -5,15 +5,13 @@ a line, 784 values 0 or 1 separated by spaces."""
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pyro_vae.data.source import DataOptions, RawData
+from pyro_vae.data.source import DataOptions, RawData, read_maybe_gzipped
 from pyro_vae.errors import DataError
 
 FOLDER = "binarized_mnist"
@@ -36,14 +34,7 @@ def read_amat(path: Path) -> torch.Tensor:
     def corrupt(why: str) -> DataError:
         return DataError(f"{path} is corrupt ({why}); replace it with the original binarized MNIST file")
 
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                text = f.read()
-        else:
-            text = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise corrupt(f"{type(exc).__name__}: {exc}") from None
+    text = read_maybe_gzipped(path, corrupt)
     lines = text.split(b"\n")
     while lines and not lines[-1].strip():
         lines.pop()

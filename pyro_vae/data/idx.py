@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import math
 import shutil
 import struct
-import zlib
 from pathlib import Path
 
 import torch
 import torchvision
 
-from pyro_vae.data.source import DataOptions, RawData
+from pyro_vae.data.source import DataOptions, RawData, read_maybe_gzipped
 from pyro_vae.errors import DataError
 
 # torchvision class and folder name of each dataset
@@ -106,14 +104,7 @@ def _read_idx(path: Path, ndim: int) -> torch.Tensor:
     def corrupt(why: str) -> DataError:
         return DataError(f"{path} is corrupt ({why}); delete it and download it again, or replace it")
 
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                blob = f.read()
-        else:
-            blob = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise corrupt(f"{type(exc).__name__}: {exc}") from None
+    blob = read_maybe_gzipped(path, corrupt)
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] != 0x08:
         raise corrupt("not an idx file of unsigned bytes: bad magic number")
     if blob[3] != ndim:

@@ -7,7 +7,11 @@ pixels for the likelihood, patches, placement on the device, is the same for eve
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -86,3 +90,15 @@ def patched(raw: RawData, size: int | None) -> RawData:
         valid=valid,
         valid_labels=valid_labels,
     )
+
+
+def read_maybe_gzipped(path: Path, corrupt: Callable[[str], DataError]) -> bytes:
+    """The bytes of ``path``, gunzipped when it ends in ``.gz``; a read or decompression failure is
+    ``corrupt(reason)``, so the message names the file."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise corrupt(f"{type(exc).__name__}: {exc}") from None
