@@ -357,7 +357,7 @@ def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
         (["--out", str(junk)], "is not an evaluation file"),
         (["--checkpoint", str(other / "checkpoints" / "last.pt")], "is not a checkpoint of"),
         (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint file"),
-        (["--split", "valid"], "invalid choice"),
+        (["--split", "valid"], "this dataset has no validation split"),
         (["--data-dir", str(tmp_path / "empty")], "not found in"),
     ]
 
