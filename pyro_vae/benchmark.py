@@ -27,7 +27,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 PATHS = ("conventional", "pyro-svi", "pytorch", "ours-mc", "ours-analytic")
 # what each path is, for the table
@@ -152,6 +152,8 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
                 "epochs_trained": (cfg.warmup_steps + len(times) * steps) / steps_per_epoch,
             }
         )
+    except PyroVAEError as exc:  # a user error: the parent prints it as one line
+        conn.send(f"error: {exc}")
     except BaseException as exc:  # report, so the parent fails with the reason instead of hanging
         conn.send(f"error: {type(exc).__name__}: {exc}")
         raise
@@ -316,6 +318,9 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
     if unknown:
         raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")
     device = resolve_device(cfg.device)
+    from pyro_vae.data import DataOptions, load_source
+
+    load_source("mnist", DataOptions(data_dir=cfg.data_dir, download=False))  # missing data: one line, here
     ctx = get_context("spawn")
     workers = []
     for name in cfg.paths:  # set up one at a time, so warm-ups do not compete

@@ -317,10 +317,27 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
 
     def go() -> None:
         from pyro_vae.benchmark import format_results, run_benchmark, save
+        from pyro_vae.config import check_seed
+        from pyro_vae.evaluate import MAX_K
 
-        for name in ("batch_size", "warmup_steps", "repeats", "eval_k", "eval_images", "eval_loop_images"):
-            if getattr(cfg, name) < (0 if name == "warmup_steps" else 1):
-                raise PyroVAEError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+        for name in (
+            "batch_size",
+            "warmup_steps",
+            "repeats",
+            "eval_k",
+            "eval_images",
+            "eval_loop_images",
+            "steps",
+            "limit_train",
+            "limit_test",
+            "num_workers",
+        ):
+            value = getattr(cfg, name)
+            if value is not None and value < (0 if name in ("warmup_steps", "num_workers") else 1):
+                raise PyroVAEError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if cfg.eval_k > MAX_K:
+            raise PyroVAEError(f"--eval-k must be at most {MAX_K:,}, got {cfg.eval_k}")
+        check_seed("--seed", cfg.seed)
         result = run_benchmark(cfg)
         save(result, out)
         print(format_results(result))

@@ -440,3 +440,29 @@ def test_dataset_and_network_options(idx_root, tmp_path, capsys, argv, expect):
         refused_train([*TINY, *argv, "--data-dir", str(tmp_path / "imgs")], capsys, tmp_path, expect)
         return
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
+
+
+# ------------------------------------------------------------------------------------------------
+# class 9: benchmark settings, refused before any process starts
+
+BENCHMARK = [
+    (["--steps", "-5"], "--steps must be positive"),
+    (["--repeats", "0"], "--repeats must be positive"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--limit-train", "0"], "--limit-train must be positive"),
+    (["--seed", "-2"], "--seed must be an integer from 0"),
+    (["--eval-k", "10000000"], "--eval-k must be at most 1,000,000"),
+    (["--paths", "warp"], "invalid choice: 'warp'"),
+    (["--data-dir", "NOWHERE"], "mnist not found in"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", BENCHMARK, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_benchmark_settings(idx_root, tmp_path, capsys, argv, expect):
+    from pyro_vae.cli import benchmark_main
+
+    argv = [str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in argv]
+    out = tmp_path / "bench.json"
+    code, err = call(benchmark_main, ["--data-dir", str(idx_root), *argv, "--out", str(out)], capsys)
+    assert_one_line(code, err, expect)
+    assert not out.exists()
