@@ -1,0 +1,425 @@
+"""Running a training job: ``train`` and ``resume``, the epoch loop with its checkpoints, pictures,
+clean stops and the non-finite guard."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from tqdm import tqdm
+
+from pyro_vae.checkpoint import (
+    check_compatible,
+    check_resumable,
+    latest_checkpoint,
+    load_model_state,
+    read_checkpoint,
+    restore_param_store,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
+from pyro_vae.model import VAE, build_vae_from_config
+from pyro_vae.runs import (
+    RunError,
+    check_same_data,
+    make_run_dir,
+    missing_parts,
+    read_metrics,
+    read_run_json,
+    write_metrics,
+)
+from pyro_vae.training.loop import heldout_loss, run_epoch
+from pyro_vae.training.setup import Run, describe_objective, setup_run
+
+
+class Interrupted(PyroVAEError):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(PyroVAEError):
+    """The loss or a gradient became NaN or infinite; the last good state was saved."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` and :func:`resume` return: the trained model, per-epoch metrics, the run folder."""
+
+    vae: VAE
+    config: TrainConfig
+    metrics: list[dict[str, float]]
+    run_dir: Path
+
+
+def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = None) -> TrainResult:
+    """Train a VAE with SVI and write the run folder.
+
+    :param config: all settings; validated, with the data and the output folder, before anything
+        is written.
+    :param data: images to use instead of loading ``config.dataset`` (tests, notebooks, your own data).
+        The run records their name, shape and fingerprints; resume and evaluation then need them back.
+    :param vae: your own :class:`VAE` (e.g. ``build_vae(shape, prior=MyPrior(...))``) instead of one
+        built from the config's names. Parts the names would not rebuild are recorded as custom in
+        ``config.json``; :func:`pyro_vae.load_run` and :func:`resume` then ask for them back.
+    :returns: the trained VAE, its config (device and folder resolved) and metrics.
+    :raises Interrupted: SIGINT/SIGTERM stopped it; ``checkpoints/last.pt`` holds the state.
+    :raises NonFiniteLoss: the loss went NaN/Inf; the last good state is saved.
+    """
+    run = setup_run(config, data, vae)
+    make_run_dir(run.run_dir)
+    objective = describe_objective(run.vae, run.config)
+    versions = {"torch": torch.__version__, "pyro": pyro.__version__}
+    record = {
+        **run.config.to_dict(),
+        "objective": objective,
+        "versions": versions,
+        "data": run.data_record,
+        "custom": run.custom,
+    }
+    (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_metrics(run.run_dir, [])
+    tqdm.write(objective)
+    return _fit(run, epoch=0, step=0, position=None, best=None)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool | None = None,
+    data: ImageData | None = None,
+    **parts: torch.nn.Module,
+) -> TrainResult:
+    """Continue a run from ``checkpoints/last.pt`` (written each epoch and on SIGINT/SIGTERM) with
+    everything that decides the future restored: model, optimiser and param store, the position in
+    the epoch and the KL schedule, and every random state.
+
+    :param epochs: train to this many epochs in all (default: the run's own ``epochs``).
+    :param progress: override the run's progress-bar setting.
+    :param data: the same images the run was started with, when it was not loaded by name; data
+        whose fingerprint differs from the run's record are refused.
+    :param parts: the custom modules the run was trained with (``prior=...`` etc.), freshly built.
+    """
+    saved = read_run_json(run_dir)
+    config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"--epochs must be a positive integer, got {epochs}")
+    config = replace(
+        config,
+        epochs=config.epochs if epochs is None else epochs,
+        progress=config.progress if progress is None else progress,
+        out=str(run_dir),
+    )
+    record, custom = saved.get("data") or {}, saved.get("custom") or {}
+    missing_parts(custom, parts, run_dir, "resume")
+    if record.get("source") == "memory" and data is None:
+        raise RunError(
+            f"{run_dir} was trained on in-memory data ({record.get('name')}, shape {record.get('event_shape')}); "
+            "pass the same data back: resume(run, data=...)"
+        )
+    metrics = read_metrics(Path(run_dir))  # a damaged log stops here, before any work
+    path = latest_checkpoint(run_dir)
+    state = read_checkpoint(path)
+    check_resumable(state, path)
+    check_compatible(state, config, path)
+    if state["epoch"] >= config.epochs and state["position"] is None:
+        raise ConfigError(
+            f"{run_dir} has already trained {state['epoch']} of {config.epochs} epochs; "
+            f"pass --epochs N with N > {state['epoch']} to go on"
+        )
+    if config.kl_schedule == "cyclical" and config.epochs != TrainConfig.from_dict(state["config"]).epochs:
+        raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
+    vae = None
+    if custom:
+        vae = build_vae_from_config(state["event_shape"], config, **parts)
+    run = setup_run(config, data, vae, new_run=False)
+    where = "the data passed in" if data is not None else config.data_dir
+    for which in ("train", "test"):
+        check_same_data(record, run.data_record[f"{which}_fingerprint"], which, where, run_dir)
+    # the CPU copy read above is enough: each load below copies onto the model's device
+    load_model_state(run.vae, state, path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    restore_param_store(state["param_store"])
+    restore_rng(state["rng"], run.generator)
+    run.metrics = [m for m in metrics if m["epoch"] <= state["epoch"]]
+    write_metrics(run.run_dir, run.metrics)
+    where = f"epoch {state['epoch'] + 1}" + (f", step {state['position']['batch'] + 1}" if state["position"] else "")
+    tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
+    return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM set a flag that the loop reads after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
+    config, vae = run.config, run.vae
+    device = next(vae.parameters()).device
+    shown = run.test[:8]  # the same test images in every epoch's picture
+    with _StopRequests() as stop:
+        while epoch < config.epochs:
+            vae.train()
+            if position is None:
+                perm, start, carried, elapsed = run.batches.permutation(), 0, 0.0, 0.0
+            else:
+                perm, start = position["perm"].to(device), position["batch"]
+                carried, elapsed = position["total"], position["seconds"]
+                position = None
+            bar = tqdm(
+                total=len(perm),
+                initial=min(start * config.batch_size, len(perm)),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="img",
+                unit_scale=True,
+                disable=not config.progress,
+                leave=False,
+            )
+            t0 = time.perf_counter()
+            snapshot = _snapshot(run, start, step, carried)
+
+            def on_check(done: int, at_step: int, total: float, start: int = start) -> None:
+                nonlocal snapshot
+                snapshot = _snapshot(run, start + done, at_step, total)
+
+            progress = run_epoch(
+                vae,
+                run.elbo,
+                run.optimizer,
+                run.batches.batches(perm, start),
+                step=step,
+                weight=run.weight,
+                bar=bar,
+                log_every=config.log_every,
+                bf16=config.bf16,
+                clip=config.clip_grad,
+                should_stop=stop.requested,
+                on_check=on_check,
+                total=torch.tensor(carried, device=device),
+            )
+            bar.close()
+            seconds = elapsed + time.perf_counter() - t0
+            if progress.nonfinite:
+                _stop_nonfinite(run, epoch, perm, snapshot, best)
+            step = progress.step
+            done = start + progress.batches
+            if progress.stopped and done < len(run.batches):
+                at = {"perm": perm.cpu(), "batch": done, "total": progress.total.item(), "seconds": seconds}
+                _interrupt(run, stop.signum, epoch, step, at, best)  # type: ignore[arg-type]
+            epoch += 1
+            train_loss = progress.total.item() / len(perm)
+            vae.eval()
+            val_loss = heldout_loss(vae, run.elbo, run.val, config.eval_batch_size) if run.val is not None else math.nan
+            test_loss = heldout_loss(vae, run.elbo, run.test, config.eval_batch_size)
+            selection = val_loss if run.val is not None else test_loss
+            improved = best is None or selection < best
+            best = selection if improved else best
+            t_ckpt = time.perf_counter()
+            _write_checkpoints(run, epoch, step, best, improved)
+            checkpoint_seconds = time.perf_counter() - t_ckpt
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "test_loss": test_loss,
+                "seconds": seconds,
+                "checkpoint_seconds": checkpoint_seconds,
+            }
+            run.metrics.append(row)
+            write_metrics(run.run_dir, run.metrics)
+            _save_pictures(run, shown, epoch)
+            val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
+            # 8-bit data (CIFAR-10's convention): bits per dimension, C x H x W of them
+            bpd = ""
+            if vae.data_kind == "byte":
+                bpd = f" ({test_loss / (math.prod(vae.event_shape) * math.log(2)):.3f} bits/dim)"
+            tqdm.write(
+                f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image{bpd}  "
+                f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)"
+            )
+            if stop.requested() and epoch < config.epochs:
+                _interrupt(run, stop.signum, epoch, step, None, best, saved=True)  # type: ignore[arg-type]
+    return TrainResult(vae, config, run.metrics, run.run_dir)
+
+
+def _save_pictures(run: Run, shown: torch.Tensor, epoch: int) -> None:
+    """Reconstructions and prior samples. Drawn with a forked RNG and a fixed seed: every epoch shows
+    the same z, and the pictures never shift the training's random stream (exact resume)."""
+    device = next(run.vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(run.config.seed)
+        images = run.run_dir / "images"
+        save_reconstructions(
+            _unit(shown, run.vae.data_kind),
+            run.vae.reconstruct(shown),
+            images / f"reconstructions_epoch{epoch:04d}.png",
+            epoch=epoch,
+        )
+        save_samples(run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png", epoch=epoch)
+    save_learning_curve(run.metrics, run.run_dir / "learning_curve.png")
+
+
+def _unit(x: torch.Tensor, kind: str) -> torch.Tensor:
+    # pictures show [0, 1]; 8-bit data are scaled down
+    return x / 255 if kind == "byte" else x
+
+
+def _interrupt(
+    run: Run, signum: int, epoch: int, step: int, position: dict | None, best: float | None, saved: bool = False
+) -> None:
+    last = run.run_dir / "checkpoints" / "last.pt"
+    if not saved:
+        save_checkpoint(last, run.state(epoch, step, position, best))
+    name = signal.Signals(signum).name
+    where = f"epoch {epoch + 1}, step {position['batch']}" if position else f"the end of epoch {epoch}"
+    raise Interrupted(
+        f"stopped by {name} at {where}; saved {last}; resume with: pyro-vae-train --resume {run.run_dir}", signum
+    )
+
+
+@dataclass
+class _Snapshot:
+    """The state at the last check that found everything finite."""
+
+    batch: int
+    step: int
+    total: float
+    model: dict
+    optimizer: dict
+    rng: dict
+
+
+def _snapshot(run: Run, batch: int, step: int, total: float) -> _Snapshot:
+    return _Snapshot(
+        batch,
+        step,
+        total,
+        {k: v.detach().clone() for k, v in run.vae.state_dict().items()},
+        copy.deepcopy(run.optimizer.state_dict()),
+        copy.deepcopy(rng_state(run.generator)),
+    )
+
+
+def _restore(run: Run, snap: _Snapshot) -> None:
+    run.vae.load_state_dict(snap.model)
+    run.optimizer.load_state_dict(snap.optimizer)
+    restore_rng(snap.rng, run.generator)
+
+
+def _stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, best: float | None) -> None:
+    """Go back to the last good check, replay step by step to find the first bad step, save the
+    state just before it, name the term that went non-finite, and stop."""
+    _restore(run, snap)
+    batch, step, total = snap.batch, snap.step, snap.total
+    x: torch.Tensor | None = None
+    while batch < len(run.batches):
+        before = _snapshot(run, batch, step, total)
+        x = next(run.batches.batches(perm, batch))
+        p = run_epoch(
+            run.vae,
+            run.elbo,
+            run.optimizer,
+            [x],
+            step=step,
+            weight=run.weight,
+            clip=run.config.clip_grad,
+            total=torch.tensor(total, device=x.device),
+        )
+        if p.nonfinite:
+            _restore(run, before)
+            break
+        batch, step, total = batch + 1, p.step, p.total.item()
+    else:  # not reproduced (non-deterministic kernels): keep the last good check
+        _restore(run, snap)
+        batch, step, total, x = snap.batch, snap.step, snap.total, None
+    last = run.run_dir / "checkpoints" / "last.pt"
+    position = {"perm": perm.cpu(), "batch": batch, "total": total, "seconds": 0.0}
+    save_checkpoint(last, run.state(epoch, step, position, best))
+    what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
+    raise NonFiniteLoss(
+        f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
+        f"try a lower --lr (now {run.config.lr:g}), --clip-grad 100, or a KL warm-up (--kl-schedule linear --warmup 1)"
+    )
+
+
+@torch.no_grad()
+def _nonfinite_term(run: Run, x: torch.Tensor, step: int) -> str:
+    """Which ELBO term is NaN/Inf for batch ``x`` with the same z draws as the failed step."""
+    vae = run.vae
+    vae.kl_weight = run.weight(step)
+    with pyro.validation_enabled(False), vae.registration(False):
+        guide_tr = poutine.trace(vae.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    recon = sum(s["fn"].log_prob(s["value"]).sum() for s in model_tr.nodes.values() if s.get("is_observed"))
+    kl = sum(
+        guide_tr.nodes[n]["fn"].log_prob(s["value"]).sum() - s["fn"].log_prob(s["value"]).sum()
+        for n, s in model_tr.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and n in guide_tr.nodes
+    )
+    bad = [name for name, v in (("the reconstruction term", recon), ("the KL term", kl)) if not torch.isfinite(v)]
+    if not bad:
+        return "a gradient (the loss itself was finite)"
+    return " and ".join(bad)
+
+
+def _write_checkpoints(run: Run, epoch: int, step: int, best: float | None, improved: bool) -> None:
+    """``epochNNNN.pt`` written atomically; ``last.pt`` and (when the selection loss improved)
+    ``best.pt`` as atomic hard links to it; older epoch files pruned to ``keep_checkpoints``."""
+    folder = run.run_dir / "checkpoints"
+    path = folder / f"epoch{epoch:04d}.pt"
+    save_checkpoint(path, run.state(epoch, step, None, best))
+    _link(path, folder / "last.pt")
+    if improved:
+        _link(path, folder / "best.pt")
+    if run.config.keep_checkpoints is not None:
+        for old in sorted(folder.glob("epoch*.pt"))[: -run.config.keep_checkpoints]:
+            old.unlink()  # best.pt and last.pt keep their own link to the data
+
+
+def _link(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system: a second atomic write
+        save_checkpoint(dst, torch.load(src, weights_only=True))
+        return
+    os.replace(tmp, dst)

@@ -1,0 +1,257 @@
+"""Everything before the first step: settings, output folder, data, model, optimiser and batches,
+all checked before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.checkpoint import (
+    training_state,
+)
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import ImageData, ResidentBatches, StreamedBatches, fixed, from_raw, load_source, prepare
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.model import VAE, build_vae_from_config
+from pyro_vae.objectives import kl_weight, make_elbo
+from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.resources import available_bytes, check_fits, training_bytes
+from pyro_vae.runs import (
+    check_out_dir,
+    custom_parts,
+    data_record,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when torch sees a GPU, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu or --device auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown --device {name!r}; choose one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def describe_objective(vae: VAE, config: TrainConfig) -> str:
+    """What the run optimises, e.g. "KL: analytic" or "KL: Monte-Carlo, prior has no closed form"."""
+    if config.elbo == "iwae":
+        text = f"objective: IWAE bound, K={config.particles} (KL inside the importance weights)"
+    elif config.elbo == "mc":
+        text = "KL: Monte-Carlo (Trace_ELBO)"
+    elif has_closed_form_kl(vae.prior, config.z_dim):
+        text = "KL: analytic"
+    else:
+        text = f"KL: Monte-Carlo, prior {config.prior!r} has no closed form"
+    if config.beta != 1 or config.kl_schedule != "constant":
+        text += f"; KL weight {config.kl_schedule} up to beta={config.beta:g}"
+    return text
+
+
+def _default_out(config: TrainConfig) -> str:
+    return f"runs/{config.dataset}-{config.net}-{config.elbo}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_image_data(data: ImageData) -> None:
+    """Refuse data that cannot be trained on, with one line naming the problem and the fix."""
+    for name, x in (("training", data.train), ("test", data.test)):
+        if len(x) == 0:
+            raise DataError(f"the {name} set is empty; check --limit-train/--limit-test and the data folder")
+    if data.train.dtype != torch.uint8:
+        raise DataError(
+            f"training images must be uint8 intensities 0..255, got {data.train.dtype}; pass raw pixels and "
+            "pyro_vae prepares them for the likelihood"
+        )
+    if data.train.dim() < 2:
+        raise DataError(f"training images must be shaped (N, ...), got {tuple(data.train.shape)}")
+    if data.test.shape[1:] != data.train.shape[1:]:
+        raise DataError(
+            f"test images are shaped {tuple(data.test.shape[1:])} but training images {tuple(data.train.shape[1:])}"
+        )
+
+
+@dataclass
+class Run:
+    """The live state of a training run: what the loop reads and what checkpoints save."""
+
+    config: TrainConfig
+    vae: VAE
+    elbo: Any
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    batches: ResidentBatches
+    val: torch.Tensor | None
+    test: torch.Tensor
+    run_dir: Path
+    data_record: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, str] = field(default_factory=dict)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * len(self.batches)
+
+    def weight(self, step: int) -> float:
+        c = self.config
+        return kl_weight(
+            step,
+            len(self.batches),
+            self.total_steps,
+            beta=c.beta,
+            schedule=c.kl_schedule,
+            warmup=c.warmup,
+            warmup_unit=c.warmup_unit,
+            cycles=c.cycles,
+        )
+
+    def state(self, epoch: int, step: int, position: dict | None = None, best: float | None = None) -> dict:
+        return training_state(
+            self.vae,
+            self.optimizer,
+            self.config,
+            epoch,
+            step,
+            generator=self.generator,
+            position=position,
+            best=best,
+            data=self.data_record,
+            custom=self.custom,
+        )
+
+
+def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, *, new_run: bool = True) -> Run:
+    """Everything before the first step: validate settings, output folder and data, load, build.
+    Raises before anything is written, so a bad input never leaves a half-made run folder."""
+    config.validate()
+    if vae is None:
+        named = [p for p, v in (("net", config.net), ("prior", config.prior), ("likelihood", config.likelihood))]
+        custom_named = [p for p in named if getattr(config, p) == "custom"]
+        if custom_named:
+            raise ConfigError(
+                f"--{custom_named[0]} custom needs your module: train(config, vae=build_vae(..., "
+                f"{custom_named[0]}=<module>)), or name a built-in {custom_named[0]}"
+            )
+    device = resolve_device(config.device)
+    if config.bf16 and device.type != "cuda":
+        raise ConfigError("--bf16 autocast is for CUDA; drop it on the CPU")
+    config = replace(config, device=device.type, out=config.out or _default_out(config))
+    if new_run:
+        check_out_dir(config.out)  # type: ignore[arg-type]
+    from_memory = data is not None
+    if data is None:
+        config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
+        if config.cache_dir is not None:
+            config = replace(config, cache_dir=str(Path(config.cache_dir).resolve()))
+        raw = load_source(config.dataset, config.data_options(), config.patches)
+        event_shape = raw.train.shape[1:]
+    else:
+        raw, event_shape = None, data.event_shape
+    pyro.set_rng_seed(config.seed)
+    if vae is None:
+        points = config.batch_size * (config.particles if config.elbo == "iwae" else 1)
+        with torch.device("meta"):
+            sketch = build_vae_from_config(event_shape, config)
+        hidden = " ".join(map(str, config.hidden))
+        sizes = f"--z-dim {config.z_dim}, --hidden {hidden}, --batch-size {config.batch_size}"
+        if config.elbo == "iwae":
+            sizes += f", --particles {config.particles}"
+        check_fits(
+            training_bytes(sketch, event_shape, config.z_dim, points),
+            device,
+            f"a {config.net} VAE for {tuple(event_shape)} data with {sizes}",
+            "lower them",
+        )
+        vae = build_vae_from_config(event_shape, config)
+        custom: dict[str, str] = {}
+    else:
+        if not isinstance(vae, VAE):
+            raise ConfigError(f"vae= must be a pyro_vae.VAE (build one with build_vae or VAE(...)), got {type(vae)}")
+        if tuple(vae.event_shape) != tuple(event_shape):
+            raise ConfigError(f"the VAE models data shaped {tuple(vae.event_shape)}, the data are {tuple(event_shape)}")
+        custom = custom_parts(vae, config)
+        config = replace(
+            config,
+            # one custom network: the other is still rebuilt from the name
+            net="custom" if {"encoder", "decoder"} <= set(custom) else config.net,
+            prior="custom" if "prior" in custom else config.prior,
+            likelihood="custom" if "likelihood" in custom else config.likelihood,
+        )
+    kind = vae.data_kind
+    if raw is not None:
+        data = from_raw(config.dataset, raw, kind, config.test_binarization_seed, config.limit_train, config.limit_test)
+    assert data is not None
+    if data.kind != kind:
+        raise ConfigError(
+            f"the data were prepared as {data.kind!r} but --likelihood {config.likelihood} expects {kind!r}; "
+            f"load them with load_data(..., kind={kind!r})"
+        )
+    check_image_data(data)
+    train_images, val = data.train, None
+    if data.valid is not None:  # the dataset's own validation split chooses best.pt
+        if config.validation:
+            raise ConfigError(
+                f"{config.dataset} has its own validation split ({len(data.valid)} images) for best.pt; "
+                "drop --validation"
+            )
+        val = fixed(data.valid, kind, config.test_binarization_seed + 1, data.binary)
+    elif config.validation:
+        if config.validation >= len(data.train):
+            raise ConfigError(
+                f"--validation {config.validation} leaves no training images out of {len(data.train)}; lower it"
+            )
+        train_images = data.train[: -config.validation]
+        # held out once, binarized once with a seed of its own, like the test set
+        g = torch.Generator().manual_seed(config.test_binarization_seed + 1)
+        val = prepare(data.train[-config.validation :], kind, g, data.binary)
+    if config.batch_size > len(train_images):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
+        )
+    vae.check_data(data.test, "test images")
+    vae.to(device)
+    if config.compile:
+        vae.encoder.compile()  # in place: state_dict keys stay as they are
+        vae.decoder.compile()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    stream = _streamed(config.data_placement, train_images, device)
+    if stream:
+        batches: ResidentBatches = StreamedBatches(
+            train_images, config.batch_size, generator, kind, data.binary, device=device
+        )
+    else:
+        batches = ResidentBatches(
+            torch.as_tensor(train_images).to(device), config.batch_size, generator, kind, data.binary
+        )
+    return Run(
+        config=config,
+        vae=vae,
+        elbo=make_elbo(config.elbo, config.particles),
+        optimizer=torch.optim.Adam(vae.parameters(), lr=config.lr),
+        generator=generator,
+        batches=batches,
+        val=None if val is None else val.to(device),
+        test=data.test.to(device),
+        run_dir=Path(config.out),  # type: ignore[arg-type]
+        data_record=data_record(data, config, from_memory),
+        custom=custom,
+    )
+
+
+# resident data may take at most this share of the device's free memory; the rest is for the model
+RESIDENT_SHARE = 0.5
+
+
+def _streamed(placement: str, images: torch.Tensor, device: torch.device) -> bool:
+    """Whether the training images stream from host memory (``"auto"``: when they would take more
+    than half of the device's free memory)."""
+    if placement != "auto":
+        return placement == "stream"
+    if device.type == "cpu":
+        return False  # host memory is the device's: a memory map is paged in as it is read
+    return images.numel() * images.element_size() > RESIDENT_SHARE * available_bytes(device)
