@@ -14,7 +14,7 @@ from pyro_vae.likelihoods import (
     NormalLikelihood,
     build_likelihood,
 )
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.models import VAE, build_vae
 from pyro_vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, build_networks
 from pyro_vae.objectives import IWAE_ELBO, kl_weight, make_elbo
 from pyro_vae.priors import (

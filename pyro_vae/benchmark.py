@@ -83,7 +83,7 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
     message; on ``"finish"`` score the test set and report."""
     from pyro_vae.data import ResidentBatches, load_data
     from pyro_vae.evaluate import elbo_terms
-    from pyro_vae.model import build_vae
+    from pyro_vae.models import build_vae
     from pyro_vae.objectives import make_elbo
     from pyro_vae.training import resolve_device, run_epoch
 
@@ -243,7 +243,7 @@ def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Images per second of the batched IS estimator against one image at a time."""
     from pyro_vae.data import heldout_images
     from pyro_vae.evaluate import importance_log_likelihood, log_importance_weights
-    from pyro_vae.model import build_vae
+    from pyro_vae.models import build_vae
     from pyro_vae.training import resolve_device
 
     device = resolve_device(cfg.device)

@@ -23,7 +23,7 @@ from pyro.distributions import constraints
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.model import VAE, build_vae_from_config
+from pyro_vae.models import VAE, build_vae_from_config
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,6 +33,9 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 # settings that decide the shape of the model: a checkpoint only fits a run that agrees on them
 MODEL_FIELDS = (
+    "model",
+    "inference",
+    "latents",
     "net",
     "z_dim",
     "hidden",

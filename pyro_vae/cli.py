@@ -73,6 +73,19 @@ def train_parser() -> argparse.ArgumentParser:
         default=d.data_placement,
         help="training images on the device, or streamed from host memory (default %(default)s: by size)",
     )
+    a(
+        "--model",
+        choices=("vae", "ladder"),
+        default=d.model,
+        help="one latent layer, or a hierarchy (default %(default)s)",
+    )
+    a(
+        "--inference",
+        choices=("ladder", "bottom-up"),
+        default=d.inference,
+        help="--model ladder: merged top-down (ladder) or q(z1|x) q(z2|z1) ... (default %(default)s)",
+    )
+    a("--latents", type=_int, nargs="+", default=d.latents, help="--model ladder: units per layer, z1 first")
     a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
     a("--z-dim", type=_int, default=d.z_dim, help="latent size (default %(default)s)")
     a("--hidden", type=_int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")

@@ -34,6 +34,9 @@ class TrainConfig:
     patches: int | None = None  # cut every image into non-overlapping P x P tiles (texture datasets)
     cache_dir: str | None = None  # folder: where decoded arrays are cached; None: beside the images
     data_placement: str = "auto"  # "resident" on the device, "stream" from host memory, "auto": by size
+    model: str = "vae"  # "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy)
+    inference: str = "ladder"  # --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
+    latents: tuple[int, ...] | None = None  # --model ladder: units per layer, z_1 first; None: 64 32 16 8 4
     net: str = "mlp"  # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
     z_dim: int = 50  # latent size; 50 as in Pyro's VAE example
     hidden: tuple[int, ...] = (400,)  # MLP hidden widths in encoder order; the decoder mirrors them
@@ -71,6 +74,17 @@ class TrainConfig:
     progress: bool = True  # tqdm bar with loss and images/s
     out: str | None = None  # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
 
+    def hierarchy(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``--model ladder``'s (latents, hidden): the given ones, or the ladder paper's MNIST set-up
+        (64 32 16 8 4 / 512 256 128 64 32) when ``latents`` is not given and ``hidden`` is the default."""
+        from pyro_vae.models.hierarchy import PAPER_HIDDEN, PAPER_LATENTS
+
+        latents = tuple(self.latents) if self.latents is not None else PAPER_LATENTS
+        hidden = tuple(self.hidden)
+        if self.latents is None and hidden == (400,):
+            hidden = PAPER_HIDDEN
+        return latents, hidden
+
     def data_options(self) -> Any:
         """How to read the dataset: a :class:`pyro_vae.data.DataOptions` from these settings."""
         from pyro_vae.data.source import DataOptions
@@ -97,6 +111,8 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
         _check_types(self)
         _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, ("vae", "ladder"))
+        _choice("inference", self.inference, ("ladder", "bottom-up"))
         _choice("net", self.net, NETS, custom=True)
         _choice("elbo", self.elbo, ELBOS)
         _choice("prior", self.prior, PRIOR_NAMES, custom=True)
@@ -113,7 +129,7 @@ class TrainConfig:
             raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
         if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
             raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
-        for name in ("decoder_hidden", "conv_channels", "conv_strides"):
+        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents"):
             value = getattr(self, name)
             if value is not None and (not value or any(v <= 0 for v in value)):
                 raise ConfigError(f"{_flag(name)} must be one or more positive integers, got {list(value)}")
@@ -266,7 +282,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tuple[int, ...]": (tuple, list),
     "tuple[int, ...] | None": (tuple, list, type(None)),
 }
-_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides")
+_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides", "latents")
 
 # what a run folder's config.json holds besides the settings
 RUN_RECORD_KEYS = ("objective", "versions", "data", "custom")

@@ -33,7 +33,7 @@ from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 
 # decoder outputs per chunk of the IS estimator (samples x images x pixels): 2**22 (16 MB of float32)
 # was fastest on a 2-core CPU, 1.75x faster than 2**26, whose chunks overflow the caches
@@ -153,12 +153,14 @@ def elbo_terms(
     num_particles: int = 1,
     batch_size: int = 1000,
     seed: int | None = 0,
+    per_site: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Per-data-point ELBO terms: E_q[log p(x|z)] and KL(q(z|x) || p(z)).
 
     :param analytic_kl: closed-form KL for each latent site where torch knows one
         (as ``TraceMeanField_ELBO``), else the Monte-Carlo log q − log p (as ``Trace_ELBO``).
     :param num_particles: z draws per data point, averaged.
+    :param per_site: if given, filled with each latent site's ``(N,)`` KL term (per layer of a hierarchy).
     :returns: ``(reconstruction, kl, kl_kinds)``: ``(N,)`` tensors in nats, ELBO = reconstruction − kl,
         and for each latent site how its KL was computed, e.g. ``["z: analytic"]``.
     """
@@ -169,6 +171,8 @@ def elbo_terms(
             xb = x[start : start + batch_size]
             model_tr, guide_tr = _particle_traces(vae, xb, num_particles, dim)
             r = kl_b = torch.zeros((), device=x.device)
+            guide_order = [n for n, s in guide_tr.nodes.items() if s["type"] == "sample"]
+            model_latents: list[str] = []
             for name, site in model_tr.nodes.items():
                 if site["type"] != "sample":
                     continue
@@ -177,16 +181,28 @@ def elbo_terms(
                     continue
                 q = guide_tr.nodes[name]
                 term, kinds[name] = None, "Monte-Carlo"
-                if analytic_kl:
+                # a closed form conditions on the sites p(z) depends on; it is unbiased only if the guide drew
+                # them before z (the tower rule), so every site above z in the model must come first in the guide
+                in_order = all(guide_order.index(m) < guide_order.index(name) for m in model_latents)
+                model_latents.append(name)
+                if analytic_kl and not in_order:
+                    kinds[name] = "Monte-Carlo (the guide draws it before its parents)"
+                elif analytic_kl:
                     try:
                         term, kinds[name] = kl_divergence(q["fn"], site["fn"]), "analytic"
                     except NotImplementedError:
                         kinds[name] = "Monte-Carlo (no closed form)"
                 if term is None:
                     term = _log_prob(q) - _log_prob(site)
-                kl_b = kl_b + _per_point(term, len(xb), name)
+                term = _per_point(term, len(xb), name)
+                kl_b = kl_b + term
+                if per_site is not None:
+                    per_site.setdefault(name, []).append(term.mean(0))
             recon.append(r.mean(0))
             kl.append(kl_b.mean(0))
+    if per_site is not None:
+        for name in list(per_site):
+            per_site[name] = torch.cat(per_site[name])  # type: ignore[assignment]
     return torch.cat(recon), torch.cat(kl), [f"{k}: {v}" for k, v in kinds.items()]
 
 
@@ -266,13 +282,21 @@ def evaluate(
     result: dict = {"num_points": len(x), "dims": dims, "seed": seed, "elbo": {}, "nll": {}}
     for name, analytic in (("mc", False), ("analytic", True)):
         start = time.perf_counter()
+        sites: dict[str, torch.Tensor] = {}
         recon, kl, kinds = elbo_terms(
-            vae, x, analytic_kl=analytic, num_particles=elbo_particles, batch_size=10 * batch_size, seed=seed
+            vae,
+            x,
+            analytic_kl=analytic,
+            num_particles=elbo_particles,
+            batch_size=10 * batch_size,
+            seed=seed,
+            per_site=sites,
         )
         result["elbo"][name] = {
             "neg_elbo": Estimate.of(kl - recon).to_dict(),
             "reconstruction": Estimate.of(recon).to_dict(),
             "kl": Estimate.of(kl).to_dict(),
+            "kl_per_site": {k: Estimate.of(v).to_dict() for k, v in sites.items()},
             "kl_kind": kinds,
             "seconds": time.perf_counter() - start,
         }
@@ -305,6 +329,9 @@ def format_table(result: dict) -> str:
         rows.append((f"-ELBO, {label}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
         rows.append(("  reconstruction E[log p(x|z)]", f"{e['reconstruction']['mean']:.3f}", "", ""))
         rows.append((f"  KL ({', '.join(e['kl_kind'])})", f"{e['kl']['mean']:.3f}", "", ""))
+        per_site = e.get("kl_per_site", {})
+        if len(per_site) > 1:  # a hierarchy: the KL of each layer
+            rows += [(f"    KL {k}", f"{v['mean']:.3f}", f"{v['se']:.3f}", "") for k, v in per_site.items()]
     for k, e in result["nll"].items():
         rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -9,7 +9,7 @@ import torch
 from matplotlib.axes import Axes
 from torchvision.utils import make_grid
 
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 
 
 def _axes(ax: Axes | None, size: tuple[float, float] = (5, 4)) -> Axes:

@@ -209,10 +209,12 @@ def build_prior(name: str, z_dim: int, encoder: nn.Module, event_shape: Sequence
     raise ConfigError(f"unknown --prior {name!r}; choose one of {', '.join(PRIORS)}")
 
 
-def has_closed_form_kl(prior: nn.Module, z_dim: int) -> bool:
-    """Whether torch knows KL(Normal posterior || prior) in closed form (what ``--elbo analytic`` uses)."""
+def has_closed_form_kl(prior: nn.Module, z_dim: int | None = None) -> bool:
+    """Whether torch knows KL(Normal posterior || prior) in closed form (what ``--elbo analytic`` uses);
+    the latent size is read off the prior when ``z_dim`` is not given."""
     p = prior()
     device = p.sample().device
+    z_dim = p.event_shape[-1] if z_dim is None else z_dim
     q = dist.Normal(torch.zeros(z_dim, device=device), torch.ones(z_dim, device=device)).to_event(1)
     try:
         kl_divergence(q, p)

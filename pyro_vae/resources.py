@@ -56,7 +56,10 @@ def training_bytes(vae_on_meta: nn.Module, event_shape: Sequence[int], z_dim: in
     """About the memory one training step needs: parameters, gradients and two Adam moments, plus
     the forward activations of ``points`` data points (×3 for the backward pass), in float32."""
     params = sum(p.numel() for p in vae_on_meta.parameters()) + sum(b.numel() for b in vae_on_meta.buffers())
-    acts = _activation_numel(vae_on_meta.encoder, vae_on_meta.decoder, event_shape, z_dim)  # type: ignore[arg-type]
+    try:
+        acts = _activation_numel(vae_on_meta.encoder, vae_on_meta.decoder, event_shape, z_dim)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):  # a model whose decoder takes another input: weights only
+        acts = 0
     pseudo = getattr(vae_on_meta.prior, "pseudo_inputs", None)
     if isinstance(pseudo, torch.Tensor):  # VampPrior runs the encoder on every pseudo-input each step
         points += len(pseudo)

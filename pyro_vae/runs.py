@@ -142,7 +142,7 @@ def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: st
 
 def custom_parts(vae: nn.Module, config: TrainConfig) -> dict[str, str]:
     """The parts of ``vae`` that the names in ``config`` would not rebuild: ``{part: "module.Class"}``."""
-    from pyro_vae.model import build_vae_from_config
+    from pyro_vae.models import build_vae_from_config
 
     custom: dict[str, str] = {}
     names = {"encoder": config.net, "decoder": config.net, "prior": config.prior, "likelihood": config.likelihood}

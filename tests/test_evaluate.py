@@ -189,7 +189,7 @@ def test_evaluate_command_writes_eval_json(data_dir, tmp_path):
     )
     assert out["num_points"] == 30 and out["dims"] == 784 and out["epoch"] == 1
     for name in ("mc", "analytic"):
-        assert set(out["elbo"][name]) == {"neg_elbo", "reconstruction", "kl", "kl_kind", "seconds"}
+        assert set(out["elbo"][name]) == {"neg_elbo", "reconstruction", "kl", "kl_per_site", "kl_kind", "seconds"}
         assert set(out["elbo"][name]["neg_elbo"]) == {"mean", "se"}
     assert set(out["nll"]) == {"1", "20"}
     assert out["nll"]["20"]["mean"] <= out["nll"]["1"]["mean"] + 3 * out["nll"]["1"]["se"]

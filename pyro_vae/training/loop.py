@@ -10,7 +10,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 
 
 @torch.no_grad()

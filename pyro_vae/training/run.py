@@ -34,7 +34,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
-from pyro_vae.model import VAE, build_vae_from_config
+from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.runs import (
     RunError,
     check_same_data,

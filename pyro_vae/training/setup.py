@@ -17,7 +17,7 @@ from pyro_vae.checkpoint import (
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, ResidentBatches, StreamedBatches, fixed, from_raw, load_source, prepare
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.model import VAE, build_vae_from_config
+from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, training_bytes
@@ -45,7 +45,7 @@ def describe_objective(vae: VAE, config: TrainConfig) -> str:
         text = f"objective: IWAE bound, K={config.particles} (KL inside the importance weights)"
     elif config.elbo == "mc":
         text = "KL: Monte-Carlo (Trace_ELBO)"
-    elif has_closed_form_kl(vae.prior, config.z_dim):
+    elif has_closed_form_kl(vae.prior):
         text = "KL: analytic"
     else:
         text = f"KL: Monte-Carlo, prior {config.prior!r} has no closed form"
@@ -181,6 +181,12 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
             net="custom" if {"encoder", "decoder"} <= set(custom) else config.net,
             prior="custom" if "prior" in custom else config.prior,
             likelihood="custom" if "likelihood" in custom else config.likelihood,
+        )
+    if getattr(vae, "inference", None) == "bottom-up" and config.elbo == "analytic":
+        raise ConfigError(
+            "--elbo analytic with --inference bottom-up would be biased: the guide draws z_1 before z_2, so "
+            "KL(q(z_1|x) || p(z_1|z_2)) at a z_2 drawn from z_1 is not an unbiased KL term; use --elbo mc or "
+            "--inference ladder"
         )
     kind = vae.data_kind
     if raw is not None:

@@ -196,6 +196,8 @@ def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.M
                 config.net, event_shape, config.z_dim, config.hidden, config.decoder_hidden, config.conv_spec()
             )
         net = (parts.get("encoder") or default[0], parts.get("decoder") or default[1])
+    if getattr(config, "model", "vae") == "ladder":
+        return _hierarchy_from_config(event_shape, config, parts)
     return build_vae(
         event_shape,
         net,
@@ -206,4 +208,22 @@ def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.M
         config.likelihood_scale,
         decoder_hidden=config.decoder_hidden,
         conv=config.conv_spec(),
+    )
+
+
+def _hierarchy_from_config(event_shape: Sequence[int], config: Any, parts: dict[str, nn.Module]) -> VAE:
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.hierarchy import build_hierarchy
+
+    if "encoder" in parts or config.net == "custom":
+        raise ConfigError("--model ladder builds its own inference network; pass a decoder, prior or likelihood only")
+    latents, hidden = config.hierarchy()
+    decoder = parts.get("decoder")
+    if decoder is None:
+        # the data's decoder from z_1: the MLP mirrors the first deterministic layer, or the conv stack
+        dec_hidden = config.decoder_hidden if config.decoder_hidden is not None else (hidden[0],)
+        decoder = build_networks(config.net, event_shape, latents[0], (hidden[0],), dec_hidden, config.conv_spec())[1]
+    likelihood = parts.get("likelihood") or build_likelihood(config.likelihood, event_shape, config.likelihood_scale)
+    return build_hierarchy(
+        event_shape, latents, hidden, parts.get("prior"), config.prior, likelihood, decoder, config.inference
     )
