@@ -258,6 +258,33 @@ def importance_log_likelihood(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+# Burda et al. (2016): a latent unit u is active when Cov_x(E_q[u | x]) exceeds this
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+@torch.no_grad()
+def active_units(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, dict[str, int]]:
+    """Active units per latent layer (Burda et al., 2016): the units whose posterior mean varies over
+    the data, Var_x(E_q[u | x]) > 0.01. For a hierarchy the means of each layer are taken with the
+    layers they depend on at their means (:meth:`HierarchicalVAE.posterior_means`).
+
+    :returns: ``{site: {"active": n, "units": d}}``.
+    """
+    chunks: list[list[torch.Tensor]] = []
+    with vae.registration(False):
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            means = vae.posterior_means(xb) if hasattr(vae, "posterior_means") else [vae.encoder(xb)[0]]
+            chunks.append([m.double() for m in means])
+    names = [f"z{i + 1}" for i in range(len(chunks[0]))] if hasattr(vae, "posterior_means") else ["z"]
+    out = {}
+    for i, name in enumerate(names):
+        m = torch.cat([c[i] for c in chunks])
+        var = m.var(0) if len(m) > 1 else torch.zeros(m.shape[-1], dtype=m.dtype)
+        out[name] = {"active": int((var > ACTIVE_UNIT_THRESHOLD).sum()), "units": int(m.shape[-1])}
+    return out
+
+
 def bits_per_dim(nats_per_point: float, dims: int) -> float:
     """Convert −log p(x) in nats per data point to bits per dimension."""
     return nats_per_point / (dims * math.log(2))
@@ -300,6 +327,7 @@ def evaluate(
             "kl_kind": kinds,
             "seconds": time.perf_counter() - start,
         }
+    result["active_units"] = active_units(vae, x, batch_size=10 * batch_size)
     start = time.perf_counter()
     ll = importance_log_likelihood(vae, x, ks, batch_size=batch_size, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
@@ -332,6 +360,9 @@ def format_table(result: dict) -> str:
         per_site = e.get("kl_per_site", {})
         if len(per_site) > 1:  # a hierarchy: the KL of each layer
             rows += [(f"    KL {k}", f"{v['mean']:.3f}", f"{v['se']:.3f}", "") for k, v in per_site.items()]
+    if "active_units" in result:
+        units = ", ".join(f"{k} {v['active']}/{v['units']}" for k, v in result["active_units"].items())
+        rows.append((f"active units (Var_x E_q[u] > {ACTIVE_UNIT_THRESHOLD})", units, "", ""))
     for k, e in result["nll"].items():
         rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -250,3 +250,25 @@ def test_plain_pyro_svi_trains_every_parameter_of_a_ladder():
     for _ in range(5):
         svi.step(x[:32])
     assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())
+
+
+def test_active_units_count_the_units_whose_posterior_mean_varies():
+    from pyro_vae import VAE
+    from pyro_vae.evaluate import active_units, evaluate
+
+    class Encoder(nn.Module):
+        def forward(self, x):  # unit 0 follows the data (variance ~1), unit 1 barely (~1e-4), unit 2 not at all
+            h = x.reshape(len(x), -1)[:, :3] * torch.tensor([1.0, 0.01, 0.0])
+            return h, torch.ones_like(h)
+
+    x = torch.randn(2000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    vae = VAE(Encoder(), nn.Linear(3, 4), StandardNormalPrior(3), NormalLikelihood(1.0), (4,))
+    assert active_units(vae, x.reshape(2000, 4)) == {"z": {"active": 1, "units": 3}}
+    h = ladder()
+    xb = torch.bernoulli(torch.full((50, 1, 8, 8), 0.5))
+    units = active_units(h, xb)
+    assert list(units) == ["z1", "z2", "z3"] and [u["units"] for u in units.values()] == [6, 4, 2]
+    means = h.posterior_means(xb)  # the same count, computed here from the means directly
+    assert [u["active"] for u in units.values()] == [int((m.var(0) > 0.01).sum()) for m in means]
+    out = evaluate(h, xb, [2])
+    assert out["active_units"] == units and set(out["elbo"]["mc"]["kl_per_site"]) == {"z1", "z2", "z3"}
