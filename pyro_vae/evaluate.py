@@ -274,9 +274,8 @@ def active_units(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str,
     with vae.registration(False):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
-            means = vae.posterior_means(xb) if hasattr(vae, "posterior_means") else [vae.encoder(xb)[0]]
-            chunks.append([m.double() for m in means])
-    names = [f"z{i + 1}" for i in range(len(chunks[0]))] if hasattr(vae, "posterior_means") else ["z"]
+            chunks.append([m.double() for m in vae.posterior_means(xb)])
+    names = vae.latent_sites
     out = {}
     for i, name in enumerate(names):
         m = torch.cat([c[i] for c in chunks])
@@ -362,7 +361,7 @@ def format_table(result: dict) -> str:
             rows += [(f"    KL {k}", f"{v['mean']:.3f}", f"{v['se']:.3f}", "") for k, v in per_site.items()]
     if "active_units" in result:
         units = ", ".join(f"{k} {v['active']}/{v['units']}" for k, v in result["active_units"].items())
-        rows.append((f"active units (Var_x E_q[u] > {ACTIVE_UNIT_THRESHOLD})", units, "", ""))
+        rows.append((f"active units (Var_x E_q[u] > {ACTIVE_UNIT_THRESHOLD})", "", "", units))
     for k, e in result["nll"].items():
         rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -60,8 +60,8 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, float]]], ax: 
 
 @torch.no_grad()
 def plot_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor, ax: Axes | None = None) -> Axes:
-    """Posterior means of a 2-D latent, coloured by label."""
-    loc, _ = vae.encoder(x)
+    """Posterior means of a 2-D latent (the decoder's input, z_1 of a hierarchy), coloured by label."""
+    loc = vae.posterior_means(x)[0]
     if loc.shape[-1] != 2:
         raise ValueError(f"a latent scatter needs z_dim = 2, this model has {loc.shape[-1]}")
     ax = _axes(ax, (6, 5))
@@ -84,7 +84,7 @@ def plot_manifold(vae: VAE, n: int = 15, ax: Axes | None = None) -> Axes:
 @torch.no_grad()
 def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """E[x|z] along the straight line between the posterior means of two data points."""
-    (za, zb), _ = vae.encoder(torch.stack([x_a, x_b]))
+    za, zb = vae.posterior_means(torch.stack([x_a, x_b]))[0]
     t = torch.linspace(0, 1, steps, device=za.device).unsqueeze(-1)
     return vae.decode_mean((1 - t) * za + t * zb)
 

@@ -42,8 +42,9 @@ def test_runs_in_smoke_mode(path: Path, data_dir: str, monkeypatch, tmp_path):
     assert not errors
 
 
+@pytest.mark.parametrize("model", ["vae", "ladder"])
 @pytest.mark.parametrize("name", ["heldout_elbo.ipynb", "latent_space.ipynb"])
-def test_notebooks_load_a_colour_folder_run(name, monkeypatch, tmp_path):
+def test_notebooks_load_a_colour_folder_run(name, model, monkeypatch, tmp_path):
     """Any dataset: a run on a folder of RGB images, loaded by PYRO_VAE_RUN instead of training."""
     nbclient = pytest.importorskip("nbclient")
     import numpy as np

@@ -161,6 +161,10 @@ class HierarchicalVAE(VAE):
                     with self._kl_scaled():
                         z = pyro.sample(f"z{i + 1}", dist.Normal(loc, scale).to_event(1))
 
+    @property
+    def latent_sites(self) -> list[str]:
+        return [f"z{i + 1}" for i in range(self.layers)]
+
     @torch.no_grad()
     def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The guide's means of z_1 … z_L, each layer conditioned on the means above (ladder) or

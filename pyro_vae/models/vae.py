@@ -137,6 +137,16 @@ class VAE(nn.Module):
         m = self.likelihood(_full_precision(out), len(self.event_shape)).mean
         return (m / 255 if self.data_kind == "byte" else m).clamp(0, 1)
 
+    @property
+    def latent_sites(self) -> list[str]:
+        """The latent sample sites, in the order of :meth:`posterior_means`."""
+        return ["z"]
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The guide's mean of each latent layer; the first is what the decoder takes."""
+        return [self.encoder(x)[0]]
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior mean]: what the pictures show."""
