@@ -36,6 +36,7 @@ MODEL_FIELDS = (
     "model",
     "inference",
     "latents",
+    "batch_norm",
     "net",
     "z_dim",
     "hidden",

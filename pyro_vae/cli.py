@@ -86,6 +86,8 @@ def train_parser() -> argparse.ArgumentParser:
         help="--model ladder: merged top-down (ladder) or q(z1|x) q(z2|z1) ... (default %(default)s)",
     )
     a("--latents", type=_int, nargs="+", default=d.latents, help="--model ladder: units per layer, z1 first")
+    a("--batch-norm", action="store_true", help="--model ladder: batch norm in the deterministic layers")
+    a("--free-bits", type=float, default=d.free_bits, help="nats per latent unit each layer keeps free (default 0)")
     a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
     a("--z-dim", type=_int, default=d.z_dim, help="latent size (default %(default)s)")
     a("--hidden", type=_int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")

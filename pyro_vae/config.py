@@ -37,6 +37,8 @@ class TrainConfig:
     model: str = "vae"  # "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy)
     inference: str = "ladder"  # --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
     latents: tuple[int, ...] | None = None  # --model ladder: units per layer, z_1 first; None: 64 32 16 8 4
+    batch_norm: bool = False  # --model ladder: batch norm in the deterministic layers (the ladder paper's)
+    free_bits: float = 0.0  # nats per latent unit each layer keeps for free (Kingma et al. 2016); 0: off
     net: str = "mlp"  # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
     z_dim: int = 50  # latent size; 50 as in Pyro's VAE example
     hidden: tuple[int, ...] = (400,)  # MLP hidden widths in encoder order; the decoder mirrors them
@@ -114,6 +116,8 @@ class TrainConfig:
         _choice("model", self.model, ("vae", "ladder"))
         _choice("inference", self.inference, ("ladder", "bottom-up"))
         _choice("net", self.net, NETS, custom=True)
+        if self.free_bits and self.elbo == "iwae":
+            raise ConfigError("--free-bits applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
         _choice("elbo", self.elbo, ELBOS)
         _choice("prior", self.prior, PRIOR_NAMES, custom=True)
         _choice("likelihood", self.likelihood, LIKELIHOOD_NAMES, custom=True)
@@ -166,7 +170,7 @@ class TrainConfig:
         _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. --likelihood-scale 0.1")
         if self.validation < 0:
             raise ConfigError(f"--validation must be >= 0, got {self.validation}")
-        for name, example in (("beta", "e.g. --beta 1"), ("warmup", "e.g. --warmup 5")):
+        for name, example in (("beta", "e.g. --beta 1"), ("warmup", "e.g. --warmup 5"), ("free_bits", "e.g. 0.1")):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_flag(name)} must be a finite number >= 0, got {value}; {example}")

@@ -272,3 +272,87 @@ def test_active_units_count_the_units_whose_posterior_mean_varies():
     assert [u["active"] for u in units.values()] == [int((m.var(0) > 0.01).sum()) for m in means]
     out = evaluate(h, xb, [2])
     assert out["active_units"] == units and set(out["elbo"]["mc"]["kl_per_site"]) == {"z1", "z2", "z3"}
+
+
+# ------------------------------------------------------------------------------------------------
+# free bits and batch norm
+
+
+def _same_draws(elbo, vae, x, seed=0):
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+    grads = torch.autograd.grad(loss, [p for p in vae.parameters() if p.requires_grad], allow_unused=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("model", ["vae", "ladder"])
+@pytest.mark.parametrize("analytic", [False, True])
+def test_free_bits_zero_is_pyros_elbo(model, analytic):
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_vae.objectives import FreeBitsELBO
+
+    config = TrainConfig(model=model, latents=(5, 3), hidden=(16, 8), z_dim=3)
+    vae = build_vae_from_config((1, 8, 8), config)
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
+    vae.kl_weight = 0.7
+    ref = TraceMeanField_ELBO() if analytic else Trace_ELBO()
+    loss_a, grads_a = _same_draws(FreeBitsELBO(0.0, analytic=analytic), vae, x)
+    loss_b, grads_b = _same_draws(ref, vae, x)
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_free_bits_floor_stops_the_kl_gradient():
+    from pyro_vae.objectives import FreeBitsELBO
+
+    vae = ladder()
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
+    # a floor far above any KL: the loss is −log p(x|z) plus constants, so the gradient is the
+    # reconstruction's alone
+    loss, grads = _same_draws(FreeBitsELBO(50.0), vae, x, seed=3)
+    pyro.set_rng_seed(3)
+    guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    recon = model.nodes["x"]["fn"].log_prob(model.nodes["x"]["value"]).sum()
+    floors = 50.0 * (6 + 4 + 2) * 6
+    assert torch.allclose(loss, -recon.detach() + floors, rtol=1e-6)
+    ref = torch.autograd.grad(-recon, [p for p in vae.parameters() if p.requires_grad], allow_unused=True)
+    for a, b in zip(grads, ref, strict=True):
+        assert (a is None or torch.all(a == 0)) if b is None else torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_free_bits_and_batch_norm_train_and_resume(tmp_path):
+    data = make_tiny_data()
+    kw = dict(
+        model="ladder",
+        latents=(6, 3),
+        hidden=(24, 12),
+        batch_norm=True,
+        free_bits=0.2,
+        batch_size=16,
+        progress=False,
+        log_every=2,
+    )
+    straight = train(TrainConfig(epochs=3, out=str(tmp_path / "a"), **kw), data=data)
+    assert any("running_mean" in k for k in straight.vae.state_dict())
+    first = train(TrainConfig(epochs=2, out=str(tmp_path / "b"), **kw), data=data)
+    resumed = resume(first.run_dir, epochs=3, data=data)
+    assert [m["test_loss"] for m in resumed.metrics] == [m["test_loss"] for m in straight.metrics]
+    # the held-out loss is the real ELBO, not the free-bits objective
+    from pyro_vae.training import heldout_loss
+
+    pyro.set_rng_seed(0)
+    vae = straight.vae.eval()
+    x = data.test
+    mine = heldout_loss(vae, Trace_ELBO(), x)
+    assert math.isfinite(mine) and mine > 0
+    # importance sampling runs through the batch norm with particle dimensions (running statistics)
+    est = importance_log_likelihood(vae, x, 7, seed=0)[7]
+    assert est.shape == (len(x),) and torch.isfinite(est).all()
+
+
+def test_free_bits_with_iwae_is_refused():
+    with pytest.raises(ConfigError, match="IWAE bound has none"):
+        TrainConfig(elbo="iwae", free_bits=0.1).validate()

@@ -47,13 +47,27 @@ def precision_merge(
     return (loc_a * prec_a + loc_b * prec_b) * var, var.sqrt()
 
 
-class GaussianLayer(nn.Module):
-    """``input -> Linear -> LeakyReLU -> (loc, scale)``: one conditional Gaussian layer. Works on any
-    number of leading (sample, batch) dimensions."""
+class FeatureBatchNorm(nn.BatchNorm1d):
+    """Batch norm over the last dimension, with any number of leading (sample, batch) dimensions:
+    statistics are taken over all of them (importance samples included) in training, and the running
+    averages are used in evaluation."""
 
-    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(h.reshape(-1, h.shape[-1])).reshape(h.shape)
+
+
+def _dense(in_features: int, out_features: int, batch_norm: bool) -> list[nn.Module]:
+    norm: list[nn.Module] = [FeatureBatchNorm(out_features)] if batch_norm else []
+    return [nn.Linear(in_features, out_features), *norm, nn.LeakyReLU()]
+
+
+class GaussianLayer(nn.Module):
+    """``input -> Linear [-> batch norm] -> LeakyReLU -> (loc, scale)``: one conditional Gaussian layer.
+    Works on any number of leading (sample, batch) dimensions."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, batch_norm: bool = False) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU())
+        self.body = nn.Sequential(*_dense(in_features, hidden, batch_norm))
         self.head = GaussianHead(hidden, out_features)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +79,13 @@ class LadderEncoder(nn.Module):
     :meth:`all`; ``forward(x)`` is the top posterior q(z_L | x), which depends on x alone (what a
     VampPrior on the top layer needs)."""
 
-    def __init__(self, event_shape: Sequence[int], latents: Sequence[int], hidden: Sequence[int]) -> None:
+    def __init__(
+        self, event_shape: Sequence[int], latents: Sequence[int], hidden: Sequence[int], batch_norm: bool = False
+    ) -> None:
         super().__init__()
         widths = [int(torch.Size(event_shape).numel()), *hidden]
         self.steps = nn.ModuleList(
-            nn.Sequential(nn.Flatten(-len(event_shape)) if i == 0 else nn.Identity(), nn.Linear(a, b), nn.LeakyReLU())
+            nn.Sequential(nn.Flatten(-len(event_shape)) if i == 0 else nn.Identity(), *_dense(a, b, batch_norm))
             for i, (a, b) in enumerate(itertools.pairwise(widths))
         )
         self.heads = nn.ModuleList(GaussianHead(h, z) for h, z in zip(hidden, latents, strict=True))
@@ -88,12 +104,16 @@ class LadderEncoder(nn.Module):
 class BottomUpEncoder(nn.Module):
     """q(z_1 | x) and q(z_i | z_{i-1}): ``forward(x)`` is q(z_1 | x); ``layers[i]`` maps z_i to q(z_{i+1})."""
 
-    def __init__(self, event_shape: Sequence[int], latents: Sequence[int], hidden: Sequence[int]) -> None:
+    def __init__(
+        self, event_shape: Sequence[int], latents: Sequence[int], hidden: Sequence[int], batch_norm: bool = False
+    ) -> None:
         super().__init__()
         n_in = int(torch.Size(event_shape).numel())
         self.flatten = nn.Flatten(-len(event_shape))
         ins = [n_in, *latents[:-1]]
-        self.layers = nn.ModuleList(GaussianLayer(a, h, z) for a, h, z in zip(ins, hidden, latents, strict=True))
+        self.layers = nn.ModuleList(
+            GaussianLayer(a, h, z, batch_norm) for a, h, z in zip(ins, hidden, latents, strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layers[0](self.flatten(x))
@@ -208,9 +228,11 @@ def build_hierarchy(
     likelihood: nn.Module,
     decoder: nn.Module,
     inference: str = "ladder",
+    batch_norm: bool = False,
 ) -> HierarchicalVAE:
     """A :class:`HierarchicalVAE` with MLP layers: ``latents[i]`` units in z_{i+1}, ``hidden[i]`` in the
-    deterministic layer below it. ``prior`` (a module) or ``prior_name`` picks the top prior."""
+    deterministic layer below it. ``prior`` (a module) or ``prior_name`` picks the top prior;
+    ``batch_norm`` adds batch norm to every deterministic layer of the hierarchy."""
     from pyro_vae.priors import build_prior
 
     if len(latents) != len(hidden):
@@ -220,8 +242,11 @@ def build_hierarchy(
         )
     if inference not in INFERENCES:
         raise ConfigError(f"unknown --inference {inference!r}; choose one of {', '.join(INFERENCES)}")
-    encoder: nn.Module = (LadderEncoder if inference == "ladder" else BottomUpEncoder)(event_shape, latents, hidden)
-    top_down = nn.ModuleList(GaussianLayer(latents[i + 1], hidden[i], latents[i]) for i in range(len(latents) - 1))
+    cls = LadderEncoder if inference == "ladder" else BottomUpEncoder
+    encoder: nn.Module = cls(event_shape, latents, hidden, batch_norm)
+    top_down = nn.ModuleList(
+        GaussianLayer(latents[i + 1], hidden[i], latents[i], batch_norm) for i in range(len(latents) - 1)
+    )
     if prior is None:
         if prior_name == "vamp" and inference != "ladder":
             raise ConfigError(

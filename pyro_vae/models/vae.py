@@ -235,5 +235,13 @@ def _hierarchy_from_config(event_shape: Sequence[int], config: Any, parts: dict[
         decoder = build_networks(config.net, event_shape, latents[0], (hidden[0],), dec_hidden, config.conv_spec())[1]
     likelihood = parts.get("likelihood") or build_likelihood(config.likelihood, event_shape, config.likelihood_scale)
     return build_hierarchy(
-        event_shape, latents, hidden, parts.get("prior"), config.prior, likelihood, decoder, config.inference
+        event_shape,
+        latents,
+        hidden,
+        parts.get("prior"),
+        config.prior,
+        likelihood,
+        decoder,
+        config.inference,
+        batch_norm=getattr(config, "batch_norm", False),
     )

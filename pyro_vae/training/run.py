@@ -247,8 +247,12 @@ def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float 
             epoch += 1
             train_loss = progress.total.item() / len(perm)
             vae.eval()
-            val_loss = heldout_loss(vae, run.elbo, run.val, config.eval_batch_size) if run.val is not None else math.nan
-            test_loss = heldout_loss(vae, run.elbo, run.test, config.eval_batch_size)
+            val_loss = (
+                heldout_loss(vae, run.heldout_elbo, run.val, config.eval_batch_size)
+                if run.val is not None
+                else math.nan
+            )
+            test_loss = heldout_loss(vae, run.heldout_elbo, run.test, config.eval_batch_size)
             selection = val_loss if run.val is not None else test_loss
             improved = best is None or selection < best
             best = selection if improved else best

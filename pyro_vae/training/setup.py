@@ -49,6 +49,8 @@ def describe_objective(vae: VAE, config: TrainConfig) -> str:
         text = "KL: analytic"
     else:
         text = f"KL: Monte-Carlo, prior {config.prior!r} has no closed form"
+    if config.free_bits:
+        text += f"; free bits {config.free_bits:g} nats per latent unit"
     if config.beta != 1 or config.kl_schedule != "constant":
         text += f"; KL weight {config.kl_schedule} up to beta={config.beta:g}"
     return text
@@ -83,6 +85,7 @@ class Run:
     config: TrainConfig
     vae: VAE
     elbo: Any
+    heldout_elbo: Any
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     batches: ResidentBatches
@@ -237,7 +240,8 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
     return Run(
         config=config,
         vae=vae,
-        elbo=make_elbo(config.elbo, config.particles),
+        elbo=make_elbo(config.elbo, config.particles, config.free_bits),
+        heldout_elbo=make_elbo(config.elbo, config.particles),  # the real bound, free bits or not
         optimizer=torch.optim.Adam(vae.parameters(), lr=config.lr),
         generator=generator,
         batches=batches,
