@@ -466,3 +466,56 @@ def test_benchmark_settings(idx_root, tmp_path, capsys, argv, expect):
     code, err = call(benchmark_main, ["--data-dir", str(idx_root), *argv, "--out", str(out)], capsys)
     assert_one_line(code, err, expect)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# class 10: hierarchies
+
+HIERARCHY = [
+    (["--model", "ladder", "--latents", "8", "4", "--hidden", "16"], "one --hidden width per latent layer"),
+    (["--model", "ladder", "--latents", "0", "4", "--hidden", "16", "8"], "--latents must be one or more positive"),
+    (
+        [
+            "--model",
+            "ladder",
+            "--inference",
+            "bottom-up",
+            "--elbo",
+            "analytic",
+            "--latents",
+            "4",
+            "2",
+            "--hidden",
+            "8",
+            "8",
+        ],
+        "would be biased",
+    ),
+    (
+        [
+            "--model",
+            "ladder",
+            "--inference",
+            "bottom-up",
+            "--prior",
+            "vamp",
+            "--latents",
+            "4",
+            "2",
+            "--hidden",
+            "8",
+            "8",
+        ],
+        "depends on x alone",
+    ),
+    (["--model", "deep"], "invalid choice: 'deep'"),
+    (["--inference", "sideways"], "invalid choice: 'sideways'"),
+    (["--free-bits", "-1"], "--free-bits must be a finite number >= 0"),
+    (["--free-bits", "inf"], "--free-bits must be a finite number >= 0"),
+    (["--free-bits", "0.1", "--elbo", "iwae"], "the IWAE bound has none"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", HIERARCHY, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_hierarchy_options(idx_root, tmp_path, capsys, argv, expect):
+    refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
