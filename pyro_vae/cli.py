@@ -140,12 +140,41 @@ def train_parser() -> argparse.ArgumentParser:
     a("--keep-checkpoints", type=_int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
+    _dist_flag(a)
     return _given_only(p)
+
+
+def _dist_flag(add: Callable[..., Any]) -> None:
+    add(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others before the job fails (default %(default)s)",
+    )
+
+
+def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> Callable[[], None]:
+    """``fn`` inside the process group when torchrun launched this process (one device per rank)."""
+
+    def go() -> None:
+        from pyro_vae import distributed
+
+        if not distributed.launched():
+            fn()
+            return
+        distributed.init(device, 600.0 if timeout is None else timeout)
+        try:
+            fn()
+        finally:
+            distributed.shutdown()
+
+    return go
 
 
 def _run(fn: Callable[[], None]) -> int:
     """Run ``fn``; a user error is one line on stderr and exit 2. Warnings from torch, Pyro and
     torchvision are held back: shown after a run that succeeds, dropped around a one-line error."""
+    from pyro_vae.distributed import RankFailure, world
     from pyro_vae.training import Interrupted
 
     with warnings.catch_warnings(record=True) as caught:
@@ -153,10 +182,16 @@ def _run(fn: Callable[[], None]) -> int:
         try:
             fn()
         except Interrupted as exc:
-            print(str(exc), file=sys.stderr)
+            if world().main:  # under torchrun every rank stopped at the same step; rank 0 says so
+                print(str(exc), file=sys.stderr)
             return exc.exit_code
+        except RankFailure as exc:
+            if not exc.quiet:
+                print(f"error: {exc}", file=sys.stderr)
+            return 2
         except PyroVAEError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            if world().main:
+                print(f"error: {exc}", file=sys.stderr)
             return 2
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -186,6 +221,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     given = vars(parser.parse_args(argv))
     resume_dir = given.pop("resume", None)
     config_file = given.pop("config", None)
+    timeout = given.pop("dist_timeout", None)
     if resume_dir is not None:
         extra = [_flag(k) for k in given if k not in ("epochs", "progress")] + (["--config"] if config_file else [])
         if extra:
@@ -204,13 +240,28 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 source = f"--config {config_file} with the flags"
             settings.update(given)
             result = train(TrainConfig.from_dict(settings, source=source))
-        last = result.metrics[-1]
-        print(
-            f"done: {result.run_dir}  epoch {last['epoch']:.0f}  "
-            f"test loss {last['test_loss']:.2f} nats/image  ({result.config.elbo} ELBO, {result.config.device})"
-        )
+        from pyro_vae.distributed import world
 
-    return _run(go)
+        last = result.metrics[-1]
+        if world().main:
+            print(
+                f"done: {result.run_dir}  epoch {last['epoch']:.0f}  "
+                f"test loss {last['test_loss']:.2f} nats/image  ({result.config.elbo} ELBO, {result.config.device})"
+            )
+
+    return _run(_distributed(go, _run_device(resume_dir, given, config_file), timeout))
+
+
+def _run_device(resume_dir: str | None, given: dict[str, Any], config_file: str | None) -> str:
+    """The --device a run will use, known before its process group starts (NCCL or gloo)."""
+    if "device" in given:
+        return given["device"]
+    for path in (Path(resume_dir, "config.json") if resume_dir else None, config_file):
+        try:
+            return str(json.loads(Path(path).read_text())["device"]) if path else "auto"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # the run itself reports an unreadable file
+    return "auto"
 
 
 def _flag(dest: str) -> str:
@@ -237,6 +288,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     a("--device", choices=DEVICES, default="auto", help="default %(default)s")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a("--out", default=None, help="JSON file to add the results to (default RUN_DIR/eval.json)")
+    _dist_flag(a)
     return p
 
 
@@ -246,6 +298,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
     def go() -> None:
         from pyro_vae.config import check_seed
+        from pyro_vae.distributed import agreed, device_for, world
         from pyro_vae.evaluate import MAX_K, check_results_file, evaluate, format_table, record_results
         from pyro_vae.runs import load_run_and_data
         from pyro_vae.training import resolve_device
@@ -259,16 +312,20 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--k must be sample counts from 1 to {MAX_K:,}, got {args.k}")
         check_seed("--seed", args.seed)
         out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
-        device = resolve_device(args.device)
-        loaded = load_run_and_data(
-            args.run_dir,
-            split=args.split,
-            checkpoint=args.checkpoint,
-            device=device,
-            data_dir=args.data_dir,
-            limit=args.limit,
-        )
-        check_results_file(out)  # before the work, not after
+        main = world().main
+        with agreed("the evaluation"):
+            device = device_for(resolve_device(args.device))
+            loaded = load_run_and_data(
+                args.run_dir,
+                split=args.split,
+                checkpoint=args.checkpoint,
+                device=device,
+                data_dir=args.data_dir,
+                limit=args.limit,
+            )
+            if main:
+                check_results_file(out)  # before the work, not after
+        # under torchrun every rank scores its share of the images; each gets the whole result
         result = evaluate(
             loaded.vae,
             loaded.x,
@@ -276,8 +333,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             elbo_particles=args.elbo_particles,
-            progress=args.progress,
+            progress=args.progress and main,
         )
+        if not main:
+            return
         result = {
             "run_dir": str(Path(args.run_dir).resolve()),
             "checkpoint": str(loaded.checkpoint.resolve()),
@@ -286,6 +345,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             "limit": args.limit,
             "elbo_particles": args.elbo_particles,
             "device": device.type,
+            "processes": world().size,
             **result,
         }
         record_results(out, result)
@@ -296,7 +356,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         print(format_table(result))
         print(f"IS evaluation took {result['nll_seconds']:.1f}s; added to {out}")
 
-    return _run(go)
+    return _run(_distributed(go, args.device, args.dist_timeout))
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:

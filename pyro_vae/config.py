@@ -289,7 +289,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 _TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides", "latents")
 
 # what a run folder's config.json holds besides the settings
-RUN_RECORD_KEYS = ("objective", "versions", "data", "custom")
+RUN_RECORD_KEYS = ("objective", "versions", "data", "custom", "world_size")
 
 
 __all__ = ["DATASETS", "DEVICES", "ELBOS", "LIKELIHOOD_NAMES", "NETS", "PRIOR_NAMES", "SCHEDULES", "TrainConfig"]

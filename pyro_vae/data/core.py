@@ -266,3 +266,69 @@ class StreamedBatches(ResidentBatches):
             if i + 1 < len(starts):  # the next copy is under way while this batch trains
                 ahead = self._fetch(perm[starts[i + 1] : starts[i + 1] + self.batch_size])
             yield prepare(rows, self.kind, self.generator, self.binary)
+
+
+class ShardedBatches(ResidentBatches):
+    """One rank's part of every global batch, for a run of ``world_size`` processes.
+
+    Each epoch every rank draws the same permutation of all ``N`` images (a CPU generator seeded with
+    the run's seed, which no other draw touches). Global batch ``b`` is ``perm[b*B : (b+1)*B]`` with
+    ``B = batch_size``, the same batches a single process would see for that permutation; rank ``r``
+    takes the ``r``-th of its ``world_size`` contiguous pieces (sizes differ by at most one; a piece
+    can be empty in the last, short batch). The pieces are disjoint and together cover the data.
+
+    Only this rank's share of the epoch, ``N / world_size`` images, is copied to the device (once, at
+    the start of the epoch): the device never holds the other ranks' images. The full uint8 array
+    stays in host memory (a memory map for cached folders).
+
+    :param images: uint8 intensities ``(N, C, H, W)`` in host memory.
+    :param batch_size: the global batch, summed over the ranks.
+    :param generator: this rank's RNG on ``device`` for the binarization (different on every rank).
+    :param seed: the shared seed of the permutations.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator,
+        kind: str = "binary",
+        binary: bool = False,
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(images, batch_size, generator, kind, binary)
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.order = torch.Generator().manual_seed(seed)
+
+    def permutation(self) -> torch.Tensor:
+        """The epoch's order of all images: equal on every rank (CPU, shared seed)."""
+        return torch.randperm(len(self.images), generator=self.order)
+
+    def pieces(self, perm: torch.Tensor, start: int = 0, rank: int | None = None) -> list[torch.Tensor]:
+        """The image indices ``rank`` (default: this one) takes from each global batch, from ``start`` on."""
+        from pyro_vae.distributed import shard
+
+        rank = self.rank if rank is None else rank
+        perm = perm.cpu()
+        out = []
+        for first in range(start * self.batch_size, len(perm), self.batch_size):
+            batch = perm[first : first + self.batch_size]
+            out.append(batch[shard(len(batch), self.world_size, rank)])
+        return out
+
+    def batches(self, perm: torch.Tensor, start: int = 0) -> Iterator[torch.Tensor]:
+        pieces = self.pieces(perm, start)
+        if not pieces:
+            return
+        rows = self.images[torch.cat(pieces)]  # this rank's share of the epoch, gathered once
+        if self.device.type == "cuda":
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        offset = 0
+        for piece in pieces:
+            yield prepare(rows[offset : offset + len(piece)], self.kind, self.generator, self.binary)
+            offset += len(piece)

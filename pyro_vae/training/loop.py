@@ -10,22 +10,51 @@ from typing import Any
 import pyro
 import torch
 
+from pyro_vae.distributed import all_sum, shard, world
 from pyro_vae.models import VAE
 
 
 @torch.no_grad()
 def heldout_loss(vae: VAE, elbo: Any, x: torch.Tensor, batch_size: int = 1000) -> float:
     """The objective's loss per data point (nats) over ``x`` with KL weight 1: the negative ELBO
-    (one z draw per point) for ``Trace_ELBO``/``TraceMeanField_ELBO``, −L_K for the IWAE bound."""
+    (one z draw per point) for ``Trace_ELBO``/``TraceMeanField_ELBO``, −L_K for the IWAE bound.
+
+    Under torchrun each rank scores its own contiguous share of ``x`` and the sums are all-reduced."""
     total = torch.zeros((), device=x.device)
+    mine = x[shard(len(x))]
     weight, vae.kl_weight = vae.kl_weight, 1.0
     try:
         with vae.registration(False):
-            for start in range(0, len(x), batch_size):
-                total += elbo.differentiable_loss(vae.model, vae.guide, x[start : start + batch_size])
+            for start in range(0, len(mine), batch_size):
+                total += elbo.differentiable_loss(vae.model, vae.guide, mine[start : start + batch_size])
     finally:
         vae.kl_weight = weight
-    return total.item() / len(x)
+    return all_sum(total).item() / len(x)
+
+
+class ELBOLoss(torch.nn.Module):
+    """The ELBO as an ``nn.Module``: ``forward(x)`` is the loss summed over the points of ``x``, so
+    :class:`~torch.nn.parallel.DistributedDataParallel` can wrap it and average the gradients of every
+    parameter of the VAE (networks, learned prior and likelihood) across ranks in its backward hooks,
+    which ``SVI.step`` would bypass.
+
+    :param vae: the model; its parameters are this module's.
+    :param elbo: a Pyro ELBO (``Trace_ELBO``, ``TraceMeanField_ELBO``, ...).
+    """
+
+    def __init__(self, vae: VAE, elbo: Any) -> None:
+        super().__init__()
+        self.vae = vae
+        self.elbo = elbo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = [p for p in self.vae.parameters() if p.requires_grad]
+        # zero times one entry of each parameter: every parameter gets a gradient on every rank, so DDP's
+        # all-reduce never waits for one that a custom part skipped, or that an empty share never reached
+        touch = torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
+        if len(x) == 0:  # the last, short global batch has fewer images than ranks
+            return touch
+        return self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x) + touch
 
 
 @dataclass
@@ -55,6 +84,8 @@ def run_epoch(
     should_stop: Callable[[], bool] | None = None,
     on_check: Callable[[int, int, float], None] | None = None,
     total: torch.Tensor | None = None,
+    objective: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grad_scale: float = 1.0,
 ) -> EpochProgress:
     """SVI steps over ``batches``: the training hot path, shared by :func:`train` and the benchmark.
 
@@ -73,12 +104,31 @@ def run_epoch(
         summed loss), to snapshot the last good state.
     :param total: the loss summed so far in this epoch (a resumed epoch), continued in float32 so the
         sum is the same, bit for bit, as an uninterrupted epoch's.
+    :param objective: computes the loss of a batch instead of ``elbo`` (a DDP-wrapped :class:`ELBOLoss`).
+    :param grad_scale: the loss is multiplied by this before the backward pass (the number of ranks).
+
+    Under torchrun the checks all-reduce the summed loss, the non-finite flag and the stop request in
+    one collective, so every rank stops at the same step; a stop is then seen at the next check, not
+    the next step. ``EpochProgress.total`` is the sum over all ranks.
     """
     device = next(vae.parameters()).device
     params = [p for p in vae.parameters() if p.requires_grad]
     total = torch.zeros((), device=device) if total is None else total.clone()
     bad = torch.zeros((), dtype=torch.bool, device=device)
     seen_at_log, total_at_log, taken = 0, 0.0, 0
+    distributed = world().distributed
+
+    def check(stop: bool) -> tuple[bool, float, bool]:
+        # one read-back (and, under torchrun, one all-reduce) per check: the loss so far, whether anything
+        # went non-finite (a NaN/Inf gradient reaches the parameters through the optimiser, so checking them
+        # covers the gradients without a norm on every step), and whether any rank was asked to stop
+        flags = torch.stack([total, (bad | ~_all_finite(params)).float(), torch.tensor(float(stop), device=device)])
+        now, nonfinite, stopped = all_sum(flags).tolist()
+        return nonfinite > 0, now, stopped > 0
+
+    def summed(now: float) -> torch.Tensor:
+        return torch.tensor(now, device=device)
+
     # this loop steps vae.parameters() itself, so the pyro.module registration (for SVI) is skipped
     with (
         pyro.validation_enabled(False),
@@ -87,9 +137,12 @@ def run_epoch(
     ):
         for x in batches:
             vae.kl_weight = 1.0 if weight is None else weight(step)
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
+            if objective is None:
+                loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
+            else:
+                loss = objective(x).float()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * grad_scale if grad_scale != 1.0 else loss).backward()
             bad |= ~torch.isfinite(loss.detach())
             if clip is not None:
                 bad |= ~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
@@ -98,25 +151,25 @@ def run_epoch(
             step += 1
             taken += 1
             if bar is not None and not bar.disable:
-                bar.update(len(x))
+                bar.update(len(x) * (world().size if distributed else 1))
             if taken % log_every == 0:
-                # a NaN/Inf gradient reaches the parameters through the optimiser, so checking them here
-                # (one pass per interval) covers the gradients without a norm on every step
-                if (bad | ~_all_finite(params)).item():  # one sync per log interval
-                    return EpochProgress(total, step, taken, nonfinite=True)
-                now = total.item()
+                nonfinite, now, stop = check(distributed and should_stop is not None and should_stop())
+                if nonfinite:
+                    return EpochProgress(summed(now), step, taken, nonfinite=True)
                 if on_check is not None:
                     on_check(taken, step, now)
                 if bar is not None and not bar.disable:
-                    bar.set_postfix(loss=f"{(now - total_at_log) / (bar.n - seen_at_log):.2f}")
+                    bar.set_postfix(loss=f"{(now - total_at_log) / max(bar.n - seen_at_log, 1):.2f}")
                     seen_at_log, total_at_log = bar.n, now
-            if should_stop is not None and should_stop():
-                return EpochProgress(
-                    total, step, taken, stopped=True, nonfinite=bool((bad | ~_all_finite(params)).item())
-                )
+                if stop:
+                    return EpochProgress(summed(now), step, taken, stopped=True)
+            if not distributed and should_stop is not None and should_stop():
+                nonfinite, now, _ = check(False)
+                return EpochProgress(summed(now), step, taken, stopped=True, nonfinite=nonfinite)
             if max_steps is not None and taken >= max_steps:
                 break
-    return EpochProgress(total, step, taken, nonfinite=bool((bad | ~_all_finite(params)).item()))
+    nonfinite, now, _ = check(False)
+    return EpochProgress(summed(now), step, taken, nonfinite=nonfinite)
 
 
 def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:

@@ -31,7 +31,8 @@ from pyro_vae.checkpoint import (
     save_checkpoint,
 )
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData
+from pyro_vae.data import ImageData, ShardedBatches
+from pyro_vae.distributed import agreed, derive_seed, is_collective_failure, lost_contact
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.models import VAE, build_vae_from_config
@@ -44,7 +45,7 @@ from pyro_vae.runs import (
     read_run_json,
     write_metrics,
 )
-from pyro_vae.training.loop import heldout_loss, run_epoch
+from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.setup import Run, describe_objective, setup_run
 
 
@@ -84,20 +85,24 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
     :raises Interrupted: SIGINT/SIGTERM stopped it; ``checkpoints/last.pt`` holds the state.
     :raises NonFiniteLoss: the loss went NaN/Inf; the last good state is saved.
     """
-    run = setup_run(config, data, vae)
-    make_run_dir(run.run_dir)
+    with agreed("the run"):  # under torchrun: a rank that refuses stops every rank, with its own message
+        run = setup_run(config, data, vae)
     objective = describe_objective(run.vae, run.config)
-    versions = {"torch": torch.__version__, "pyro": pyro.__version__}
-    record = {
-        **run.config.to_dict(),
-        "objective": objective,
-        "versions": versions,
-        "data": run.data_record,
-        "custom": run.custom,
-    }
-    (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-    write_metrics(run.run_dir, [])
-    tqdm.write(objective)
+    with agreed("to create the run folder"):
+        if run.world.main:
+            make_run_dir(run.run_dir)
+            versions = {"torch": torch.__version__, "pyro": pyro.__version__}
+            record = {
+                **run.config.to_dict(),
+                "objective": objective,
+                "versions": versions,
+                "data": run.data_record,
+                "custom": run.custom,
+                "world_size": run.world.size,
+            }
+            (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_metrics(run.run_dir, [])
+            tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
     return _fit(run, epoch=0, step=0, position=None, best=None)
 
 
@@ -119,6 +124,18 @@ def resume(
         whose fingerprint differs from the run's record are refused.
     :param parts: the custom modules the run was trained with (``prior=...`` etc.), freshly built.
     """
+    with agreed("to resume"):
+        run, state = _prepare_resume(run_dir, epochs, progress, data, parts)
+    return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
+
+
+def _prepare_resume(
+    run_dir: str | Path,
+    epochs: int | None,
+    progress: bool | None,
+    data: ImageData | None,
+    parts: dict[str, torch.nn.Module],
+) -> tuple[Run, dict]:
     saved = read_run_json(run_dir)
     config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
@@ -159,12 +176,38 @@ def resume(
     load_model_state(run.vae, state, path)
     run.optimizer.load_state_dict(state["optimizer"])
     restore_param_store(state["param_store"])
-    restore_rng(state["rng"], run.generator)
+    _restore_random(run, state)
     run.metrics = [m for m in metrics if m["epoch"] <= state["epoch"]]
-    write_metrics(run.run_dir, run.metrics)
-    where = f"epoch {state['epoch'] + 1}" + (f", step {state['position']['batch'] + 1}" if state["position"] else "")
-    tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
-    return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
+    if run.world.main:
+        write_metrics(run.run_dir, run.metrics)
+        position = state["position"]
+        where = f"epoch {state['epoch'] + 1}" + (f", step {position['batch'] + 1}" if position else "")
+        tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
+    return run, state
+
+
+def _restore_random(run: Run, state: dict) -> None:
+    """Every random state of the checkpoint, per rank under torchrun. Exact with the world size the run
+    was saved with; with another, the data order and draws are fresh (and the run says so)."""
+    ranks, size = state.get("rank_rng"), state.get("world_size", 1)
+    if run.world.size == size:
+        if ranks is None:
+            restore_rng(state["rng"], run.generator)
+        else:
+            restore_rng(ranks[run.world.rank], run.generator)
+            assert isinstance(run.batches, ShardedBatches)
+            run.batches.order.set_state(state["order"])
+        return
+    if run.world.main:
+        tqdm.write(
+            f"note: the checkpoint was saved by {size} process(es), this job has {run.world.size}; the model and "
+            "optimiser resume exactly, the data order and random draws start afresh"
+        )
+    seed = derive_seed(run.config.seed + state["step"], run.world.rank)
+    torch.manual_seed(seed)
+    run.generator.manual_seed(seed)
+    if isinstance(run.batches, ShardedBatches):
+        run.batches.order.manual_seed(run.config.seed + state["step"])
 
 
 class _StopRequests:
@@ -192,9 +235,32 @@ class _StopRequests:
 
 
 def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
-    config, vae = run.config, run.vae
+    if not run.world.distributed:
+        return _epochs(run, epoch=epoch, step=step, position=position, best=best)
+    if run.objective is None:
+        # DDP over the ELBO as a module: its construction broadcasts rank 0's parameters and buffers, its
+        # backward hooks average the gradients over the ranks, bucketed and overlapped with the backward pass
+        device = next(run.vae.parameters()).device
+        run.objective = torch.nn.parallel.DistributedDataParallel(
+            ELBOLoss(run.vae, run.elbo), device_ids=[device.index] if device.type == "cuda" else None
+        )
+    try:
+        return _epochs(run, epoch=epoch, step=step, position=position, best=best)
+    except RuntimeError as exc:
+        if not is_collective_failure(exc):
+            raise
+        last = run.run_dir / "checkpoints" / "last.pt"
+        raise lost_contact(exc, str(last) if last.exists() else None) from None
+
+
+def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
+    config, vae, main = run.config, run.vae, run.world.main
     device = next(vae.parameters()).device
     shown = run.test[:8]  # the same test images in every epoch's picture
+    # the loss is summed over each rank's share; DDP averages the gradients over the ranks, so scaling by
+    # their number gives every rank the gradient of the sum over the global batch, as one process would
+    # compute it: Adam then takes the same step (and --clip-grad clips the same norm)
+    grad_scale = float(run.world.size)
     with _StopRequests() as stop:
         while epoch < config.epochs:
             vae.train()
@@ -204,13 +270,14 @@ def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float 
                 perm, start = position["perm"].to(device), position["batch"]
                 carried, elapsed = position["total"], position["seconds"]
                 position = None
+            carried = carried if main else 0.0  # the epoch's loss so far is summed over the ranks again
             bar = tqdm(
                 total=len(perm),
                 initial=min(start * config.batch_size, len(perm)),
                 desc=f"epoch {epoch + 1}/{config.epochs}",
                 unit="img",
                 unit_scale=True,
-                disable=not config.progress,
+                disable=not (config.progress and main),
                 leave=False,
             )
             t0 = time.perf_counter()
@@ -234,6 +301,8 @@ def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float 
                 should_stop=stop.requested,
                 on_check=on_check,
                 total=torch.tensor(carried, device=device),
+                objective=run.objective,
+                grad_scale=grad_scale,
             )
             bar.close()
             seconds = elapsed + time.perf_counter() - t0
@@ -268,20 +337,27 @@ def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float 
                 "checkpoint_seconds": checkpoint_seconds,
             }
             run.metrics.append(row)
-            write_metrics(run.run_dir, run.metrics)
-            _save_pictures(run, shown, epoch)
+            if main:
+                write_metrics(run.run_dir, run.metrics)
+                _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
             # 8-bit data (CIFAR-10's convention): bits per dimension, C x H x W of them
             bpd = ""
             if vae.data_kind == "byte":
                 bpd = f" ({test_loss / (math.prod(vae.event_shape) * math.log(2)):.3f} bits/dim)"
-            tqdm.write(
+            _say(
+                run,
                 f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image{bpd}  "
-                f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)"
+                f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)",
             )
             if stop.requested() and epoch < config.epochs:
                 _interrupt(run, stop.signum, epoch, step, None, best, saved=True)  # type: ignore[arg-type]
     return TrainResult(vae, config, run.metrics, run.run_dir)
+
+
+def _say(run: Run, text: str) -> None:
+    if run.world.main:
+        tqdm.write(text)
 
 
 def _save_pictures(run: Run, shown: torch.Tensor, epoch: int) -> None:
@@ -311,7 +387,7 @@ def _interrupt(
 ) -> None:
     last = run.run_dir / "checkpoints" / "last.pt"
     if not saved:
-        save_checkpoint(last, run.state(epoch, step, position, best))
+        _save(run, last, run.state(epoch, step, position, best))
     name = signal.Signals(signum).name
     where = f"epoch {epoch + 1}, step {position['batch']}" if position else f"the end of epoch {epoch}"
     raise Interrupted(
@@ -365,7 +441,9 @@ def _stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, b
             step=step,
             weight=run.weight,
             clip=run.config.clip_grad,
-            total=torch.tensor(total, device=x.device),
+            total=torch.tensor(total if run.world.main else 0.0, device=x.device),
+            objective=run.objective,
+            grad_scale=float(run.world.size),
         )
         if p.nonfinite:
             _restore(run, before)
@@ -376,7 +454,7 @@ def _stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, b
         batch, step, total, x = snap.batch, snap.step, snap.total, None
     last = run.run_dir / "checkpoints" / "last.pt"
     position = {"perm": perm.cpu(), "batch": batch, "total": total, "seconds": 0.0}
-    save_checkpoint(last, run.state(epoch, step, position, best))
+    _save(run, last, run.state(epoch, step, position, best))
     what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
     raise NonFiniteLoss(
         f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
@@ -388,6 +466,8 @@ def _stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, b
 def _nonfinite_term(run: Run, x: torch.Tensor, step: int) -> str:
     """Which ELBO term is NaN/Inf for batch ``x`` with the same z draws as the failed step."""
     vae = run.vae
+    if len(x) == 0:
+        return "the loss or a gradient on another rank"
     vae.kl_weight = run.weight(step)
     with pyro.validation_enabled(False), vae.registration(False):
         guide_tr = poutine.trace(vae.guide).get_trace(x)
@@ -409,13 +489,21 @@ def _write_checkpoints(run: Run, epoch: int, step: int, best: float | None, impr
     ``best.pt`` as atomic hard links to it; older epoch files pruned to ``keep_checkpoints``."""
     folder = run.run_dir / "checkpoints"
     path = folder / f"epoch{epoch:04d}.pt"
-    save_checkpoint(path, run.state(epoch, step, None, best))
+    _save(run, path, run.state(epoch, step, None, best))
+    if not run.world.main:
+        return
     _link(path, folder / "last.pt")
     if improved:
         _link(path, folder / "best.pt")
     if run.config.keep_checkpoints is not None:
         for old in sorted(folder.glob("epoch*.pt"))[: -run.config.keep_checkpoints]:
             old.unlink()  # best.pt and last.pt keep their own link to the data
+
+
+def _save(run: Run, path: Path, state: dict) -> None:
+    # every rank built the state (a collective under torchrun); rank 0 writes it
+    if run.world.main:
+        save_checkpoint(path, state)
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -11,11 +11,19 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.checkpoint import (
-    training_state,
-)
+from pyro_vae.checkpoint import rng_state, training_state
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, ResidentBatches, StreamedBatches, fixed, from_raw, load_source, prepare
+from pyro_vae.data import (
+    ImageData,
+    ResidentBatches,
+    ShardedBatches,
+    StreamedBatches,
+    fixed,
+    from_raw,
+    load_source,
+    prepare,
+)
+from pyro_vae.distributed import World, derive_seed, device_for, gather_objects, world
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
@@ -95,6 +103,8 @@ class Run:
     data_record: dict[str, Any] = field(default_factory=dict)
     custom: dict[str, str] = field(default_factory=dict)
     metrics: list[dict[str, float]] = field(default_factory=list)
+    world: World = field(default_factory=World)  # this process's rank under torchrun
+    objective: Any = None  # the DDP-wrapped ELBOLoss of a distributed run, else None (the ELBO itself)
 
     @property
     def total_steps(self) -> int:
@@ -114,7 +124,10 @@ class Run:
         )
 
     def state(self, epoch: int, step: int, position: dict | None = None, best: float | None = None) -> dict:
-        return training_state(
+        """The checkpoint's contents. Under torchrun a collective: every rank's random state is gathered
+        (``rank_rng``, with the shared permutation RNG in ``order``), so resuming is exact."""
+        ranks = gather_objects(rng_state(self.generator)) if self.world.distributed else None
+        state = training_state(
             self.vae,
             self.optimizer,
             self.config,
@@ -126,6 +139,10 @@ class Run:
             data=self.data_record,
             custom=self.custom,
         )
+        if ranks is not None:
+            assert isinstance(self.batches, ShardedBatches)
+            state.update(world_size=self.world.size, rank_rng=ranks, order=self.batches.order.get_state())
+        return state
 
 
 def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, *, new_run: bool = True) -> Run:
@@ -140,10 +157,14 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
                 f"--{custom_named[0]} custom needs your module: train(config, vae=build_vae(..., "
                 f"{custom_named[0]}=<module>)), or name a built-in {custom_named[0]}"
             )
-    device = resolve_device(config.device)
+    device = device_for(resolve_device(config.device))
+    here = world()
     if config.bf16 and device.type != "cuda":
         raise ConfigError("--bf16 autocast is for CUDA; drop it on the CPU")
-    config = replace(config, device=device.type, out=config.out or _default_out(config))
+    out = config.out or _default_out(config)
+    if here.distributed:  # rank 0's clock names the folder
+        out = gather_objects(out)[0]
+    config = replace(config, device=device.type, out=out)
     if new_run:
         check_out_dir(config.out)  # type: ignore[arg-type]
     from_memory = data is not None
@@ -222,6 +243,11 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
         )
+    if config.batch_size < here.size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is the global batch, split across {here.size} ranks; "
+            f"pass at least {here.size}"
+        )
     vae.check_data(data.test, "test images")
     vae.to(device)
     if config.compile:
@@ -229,10 +255,24 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         vae.decoder.compile()
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stream = _streamed(config.data_placement, train_images, device)
-    if stream:
-        batches: ResidentBatches = StreamedBatches(
-            train_images, config.batch_size, generator, kind, data.binary, device=device
+    if here.distributed:
+        # the model was initialised alike on every rank (and DDP broadcasts rank 0's anyway); from here on
+        # each rank draws its own z and binarization, while the data order comes from the shared seed
+        torch.manual_seed(derive_seed(config.seed, here.rank))
+        generator.manual_seed(derive_seed(config.seed, here.rank))
+        batches: ResidentBatches = ShardedBatches(
+            train_images,
+            config.batch_size,
+            generator,
+            kind,
+            data.binary,
+            device=device,
+            rank=here.rank,
+            world_size=here.size,
+            seed=config.seed,
         )
+    elif stream:
+        batches = StreamedBatches(train_images, config.batch_size, generator, kind, data.binary, device=device)
     else:
         batches = ResidentBatches(
             torch.as_tensor(train_images).to(device), config.batch_size, generator, kind, data.binary
@@ -250,6 +290,7 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         run_dir=Path(config.out),  # type: ignore[arg-type]
         data_record=data_record(data, config, from_memory),
         custom=custom,
+        world=here,
     )
 
 
