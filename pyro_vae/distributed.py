@@ -143,6 +143,13 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def first_given(value: Any) -> Any:
+    """The first rank's ``value`` that is not None (a signal number that reached some ranks only)."""
+    if not world().distributed:
+        return value
+    return next((v for v in gather_objects(value) if v is not None), None)
+
+
 def barrier() -> None:
     if world().distributed:
         dist.barrier()

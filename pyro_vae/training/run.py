@@ -32,7 +32,7 @@ from pyro_vae.checkpoint import (
 )
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, ShardedBatches
-from pyro_vae.distributed import agreed, derive_seed, is_collective_failure, lost_contact
+from pyro_vae.distributed import agreed, derive_seed, first_given, is_collective_failure, lost_contact
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.models import VAE, build_vae_from_config
@@ -312,7 +312,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             done = start + progress.batches
             if progress.stopped and done < len(run.batches):
                 at = {"perm": perm.cpu(), "batch": done, "total": progress.total.item(), "seconds": seconds}
-                _interrupt(run, stop.signum, epoch, step, at, best)  # type: ignore[arg-type]
+                _interrupt(run, first_given(stop.signum), epoch, step, at, best)
             epoch += 1
             train_loss = progress.total.item() / len(perm)
             vae.eval()
@@ -350,8 +350,10 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image{bpd}  "
                 f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)",
             )
-            if stop.requested() and epoch < config.epochs:
-                _interrupt(run, stop.signum, epoch, step, None, best, saved=True)  # type: ignore[arg-type]
+            # under torchrun a signal may have reached some ranks only: they decide together
+            signum = first_given(stop.signum)
+            if signum is not None and epoch < config.epochs:
+                _interrupt(run, signum, epoch, step, None, best, saved=True)
     return TrainResult(vae, config, run.metrics, run.run_dir)
 
 
