@@ -174,7 +174,7 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
 def _run(fn: Callable[[], None]) -> int:
     """Run ``fn``; a user error is one line on stderr and exit 2. Warnings from torch, Pyro and
     torchvision are held back: shown after a run that succeeds, dropped around a one-line error."""
-    from pyro_vae.distributed import RankFailure, world
+    from pyro_vae.distributed import RankFailure, main_process
     from pyro_vae.training import Interrupted
 
     with warnings.catch_warnings(record=True) as caught:
@@ -182,7 +182,7 @@ def _run(fn: Callable[[], None]) -> int:
         try:
             fn()
         except Interrupted as exc:
-            if world().main:  # under torchrun every rank stopped at the same step; rank 0 says so
+            if main_process():  # under torchrun every rank stopped at the same step; rank 0 says so
                 print(str(exc), file=sys.stderr)
             return exc.exit_code
         except RankFailure as exc:
@@ -190,7 +190,7 @@ def _run(fn: Callable[[], None]) -> int:
                 print(f"error: {exc}", file=sys.stderr)
             return 2
         except PyroVAEError as exc:
-            if world().main:
+            if main_process():
                 print(f"error: {exc}", file=sys.stderr)
             return 2
     for w in caught:

@@ -61,6 +61,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process on its own; true also after the group is gone (exit messages)."""
+    return world().main if dist.is_available() and dist.is_initialized() else os.environ.get("RANK", "0") == "0"
+
+
 def world() -> World:
     """The current process group's view of this process (a single process when there is none)."""
     if not (dist.is_available() and dist.is_initialized()):

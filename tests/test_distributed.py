@@ -231,3 +231,40 @@ def test_torchrun_smoke_train_resume_evaluate(tmp_path):
     assert errors == ["error: --batch-size 1 is the global batch, split across 2 ranks; pass at least 2"], p.stderr
     assert "]: Traceback" not in p.stderr  # no rank's traceback (torchrun adds its own failure summary)
     assert not (tmp_path / "no").exists()
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    data = make_idx_root(tmp_path / "data")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "pyro_vae"]
+    flags = ["--data-dir", str(data), "--batch-size", "8", "--hidden", "16", "--z-dim", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(
+        [*cmd, "train", *flags, "--epochs", "100000", "--log-every", "3", "--out", str(run)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / "checkpoints" / "epoch0002.pt").exists():  # well into training
+            assert job.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        out, err = job.communicate(timeout=TIMEOUT)
+    finally:
+        job.kill()
+    stops = [t for t in err.splitlines() if t.startswith("stopped by SIGTERM")]
+    assert len(stops) == 1, err  # rank 0 speaks for the job
+    assert "]: Traceback" not in err
+    state = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["world_size"] == 2 and state["epoch"] >= 2
+    done = state["epoch"] + (state["position"] is not None)
+    p = _torchrun("-m", "pyro_vae", "train", "--resume", str(run), "--epochs", str(done + 1), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert read_metrics(run)[-1]["epoch"] == done + 1
