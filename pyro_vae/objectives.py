@@ -13,8 +13,12 @@ from collections.abc import Callable
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
 
@@ -24,6 +28,92 @@ OBJECTIVES = {
     "iwae": "importance-weighted bound with K particles (RenyiELBO, alpha = 0), vectorised",
 }
 SCHEDULES = ("constant", "linear", "cyclical")
+
+
+class SyncFreeTrace_ELBO(Trace_ELBO):
+    """Pyro's ``Trace_ELBO`` with no host synchronisation in ``differentiable_loss``.
+
+    Pyro's version reads every site's ``log_prob_sum`` back to the host (``torch_item``) to form the
+    loss value, checks the surrogate loss for NaN, and reads it back once more: four or five waits for
+    the device per step. Here the same traces (Pyro's ``_get_traces``) give the same surrogate loss,
+    hence the same gradient, and the loss value stays on the device. Score-function terms (non-
+    reparameterised sites) are handled as Pyro does. With Pyro's validation on, the per-site checks
+    still run (and sync); training switches validation off. ``loss_and_grads`` (``SVI.step``) still
+    returns a float: SVI reads it anyway.
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
+        elbo: torch.Tensor | float = 0.0
+        surrogate: torch.Tensor | float = 0.0
+        log_r = None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"].detach()
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - site["log_prob_sum"].detach()
+                if not is_identically_zero(entropy_term):
+                    surrogate = surrogate - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+        return -elbo, -surrogate
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
+        loss: torch.Tensor | float = 0.0
+        surrogate: torch.Tensor | float = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = loss + loss_particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+        assert isinstance(surrogate, torch.Tensor)
+        # the value of the loss, the gradient of the surrogate (s - s.detach() is exactly zero)
+        return loss + (surrogate - surrogate.detach())
+
+
+class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` (closed-form KL where torch has one, else Monte-Carlo) with no host
+    synchronisation in ``differentiable_loss``: the same terms as Pyro's ``_differentiable_loss_particle``,
+    the loss value kept on the device instead of read back with ``torch_item``, and no NaN check (the
+    training loop checks finiteness on the device)."""
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
+        elbo: torch.Tensor | float = 0.0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo = elbo + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            try:
+                kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+            except NotImplementedError:
+                elbo = elbo + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+                continue
+            kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+            if torch.is_tensor(kl_qp):
+                elbo = elbo - kl_qp.sum()
+            else:
+                elbo = elbo - kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as in Pyro
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                assert guide_site["infer"].get("is_auxiliary")
+                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+        assert isinstance(elbo, torch.Tensor)
+        return -elbo.detach(), -elbo
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
+        if is_validation_enabled():
+            return super().differentiable_loss(model, guide, *args, **kwargs)  # Pyro's checks, with their syncs
+        loss: torch.Tensor | float = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
+        assert isinstance(loss, torch.Tensor)
+        return loss
 
 
 class IWAE_ELBO:
@@ -128,9 +218,9 @@ def make_elbo(name: str, particles: int = 5, free_bits: float = 0.0) -> ELBO | I
             raise ConfigError("--free-bits applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
         return FreeBitsELBO(free_bits, analytic=name == "analytic")
     if name == "mc":
-        return Trace_ELBO()
+        return SyncFreeTrace_ELBO()
     if name == "analytic":
-        return TraceMeanField_ELBO()
+        return SyncFreeTraceMeanField_ELBO()
     if name == "iwae":
         return IWAE_ELBO(particles)
     raise ConfigError(f"unknown --elbo {name!r}; choose one of {', '.join(OBJECTIVES)}")

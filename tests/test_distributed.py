@@ -12,7 +12,6 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from conftest import ROOT, make_idx_root
 from dist_workers import elbo_of, step_batch, step_model, step_seed
 
 from pyro_vae.checkpoint import read_checkpoint
@@ -20,6 +19,8 @@ from pyro_vae.data import ShardedBatches
 from pyro_vae.distributed import shard
 from pyro_vae.evaluate import elbo_terms, importance_log_likelihood
 from pyro_vae.runs import read_metrics
+
+from conftest import ROOT, make_idx_root
 
 WORKERS = Path(__file__).with_name("dist_workers.py")
 TIMEOUT = 240  # seconds for a whole two-rank job; a hang fails the test
@@ -101,7 +102,7 @@ def test_shards_are_disjoint_and_complete_and_the_order_is_shared():
     # contiguous pieces of a range, the same rule as the evaluation's
     for n, k in ((10, 3), (2, 4), (0, 2), (17, 17)):
         got = [list(range(n))[shard(n, k, i)] for i in range(k)]
-        assert sum(got, []) == list(range(n)) and max(map(len, got)) - min(map(len, got)) <= 1
+        assert [i for g in got for i in g] == list(range(n)) and max(map(len, got)) - min(map(len, got)) <= 1
 
 
 @pytest.mark.parametrize(
@@ -193,9 +194,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
-    )
+    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
 def test_torchrun_smoke_train_resume_evaluate(tmp_path):
@@ -256,7 +255,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path):
             assert job.poll() is None and time.monotonic() < deadline, "training did not start"
             time.sleep(0.2)
         job.send_signal(signal.SIGTERM)
-        out, err = job.communicate(timeout=TIMEOUT)
+        _, err = job.communicate(timeout=TIMEOUT)
     finally:
         job.kill()
     stops = [t for t in err.splitlines() if t.startswith("stopped by SIGTERM")]

@@ -54,10 +54,10 @@ def test_sigint_mid_epoch_then_resume_equals_a_straight_run(tmp_path, monkeypatc
     data = make_tiny_data()
     straight = train(cfg(tmp_path, "straight", kl_schedule=schedule), data=data).run_dir
 
-    from pyro.infer import Trace_ELBO
+    from pyro_vae.objectives import SyncFreeTrace_ELBO
 
     calls = {"n": 0}
-    original = Trace_ELBO.differentiable_loss
+    original = SyncFreeTrace_ELBO.differentiable_loss
 
     def interrupting(self, *args):
         calls["n"] += 1
@@ -65,7 +65,7 @@ def test_sigint_mid_epoch_then_resume_equals_a_straight_run(tmp_path, monkeypatc
             signal.raise_signal(signal.SIGINT)
         return original(self, *args)
 
-    monkeypatch.setattr(Trace_ELBO, "differentiable_loss", interrupting)
+    monkeypatch.setattr(SyncFreeTrace_ELBO, "differentiable_loss", interrupting)
     with pytest.raises(Interrupted) as info:
         train(cfg(tmp_path, "split", kl_schedule=schedule), data=data)
     split = tmp_path / "split"
@@ -73,7 +73,7 @@ def test_sigint_mid_epoch_then_resume_equals_a_straight_run(tmp_path, monkeypatc
     assert f"stopped by SIGINT at epoch 2, step 2; saved {split}/checkpoints/last.pt" in str(info.value)
     assert f"resume with: pyro-vae-train --resume {split}" in str(info.value)
     assert read_checkpoint(split / "checkpoints" / "last.pt")["position"]["batch"] == 2
-    monkeypatch.setattr(Trace_ELBO, "differentiable_loss", original)
+    monkeypatch.setattr(SyncFreeTrace_ELBO, "differentiable_loss", original)
     resume(split, data=data)
     assert losses_of(split) == losses_of(straight)
     assert same_parameters(split, straight)
