@@ -138,6 +138,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--eval-batch-size", type=_int, default=d.eval_batch_size, help="test images per chunk (default %(default)s)")
     a("--log-every", type=_int, default=d.log_every, help="steps between loss read-outs (default %(default)s)")
     a("--keep-checkpoints", type=_int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
+    a("--time-limit", type=float, default=d.time_limit, help="minutes: end after the first epoch past it")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     a("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
     _dist_flag(a)

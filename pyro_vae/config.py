@@ -73,6 +73,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # held-out loss is computed in chunks this large
     log_every: int = 50  # steps between reading the loss back from the device (each read syncs)
     keep_checkpoints: int | None = None  # keep only the newest N epoch checkpoints; None keeps all
+    time_limit: float | None = None  # minutes: end after the first epoch that passes it (runs on a budget)
     progress: bool = True  # tqdm bar with loss and images/s
     out: str | None = None  # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
 
@@ -167,6 +168,8 @@ class TrainConfig:
         _finite_positive("lr", self.lr, "e.g. --lr 1e-3")
         if self.clip_grad is not None:
             _finite_positive("clip_grad", self.clip_grad, "e.g. --clip-grad 100")
+        if self.time_limit is not None:
+            _finite_positive("time_limit", self.time_limit, "minutes, e.g. --time-limit 10")
         _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. --likelihood-scale 0.1")
         if self.validation < 0:
             raise ConfigError(f"--validation must be >= 0, got {self.validation}")

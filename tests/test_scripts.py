@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from pyro_vae import load_run
@@ -84,3 +85,13 @@ def test_console_command_is_installed():
         pytest.skip("package not installed with pip (pip install -e .)")
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--elbo" in proc.stdout
+
+
+def test_gpu_check_refuses_without_a_gpu_and_has_help():
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "--minutes" in proc.stdout
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check itself is run by hand (README, GPU check)")
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: torch sees no GPU; run this on a machine with CUDA"

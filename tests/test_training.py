@@ -132,3 +132,23 @@ def test_trains_on_cuda(tmp_path, tiny_data, elbo):
     assert result.config.device == "cuda"
     assert next(result.vae.parameters()).is_cuda and result.vae.prior().base_dist.loc.is_cuda
     assert all(torch.isfinite(torch.tensor(m["test_loss"])) for m in result.metrics)
+
+
+def test_time_limit_ends_the_run_after_the_epoch_that_passes_it(tmp_path, tiny_data, capsys):
+    config = TrainConfig(
+        net="mlp",
+        z_dim=2,
+        hidden=(8,),
+        batch_size=32,
+        epochs=1000,
+        progress=False,
+        device="cpu",
+        out=str(tmp_path / "run"),
+        time_limit=1e-9,
+    )
+    result = train(config, data=tiny_data)
+    assert [m["epoch"] for m in result.metrics] == [1]
+    assert "time limit of 1e-09 minutes reached after epoch 1" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoints" / "epoch0001.pt").exists()
+    with pytest.raises(ConfigError, match="--time-limit must be a finite number > 0"):
+        TrainConfig(time_limit=float("inf")).validate()

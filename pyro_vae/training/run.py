@@ -261,6 +261,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     # their number gives every rank the gradient of the sum over the global batch, as one process would
     # compute it: Adam then takes the same step (and --clip-grad clips the same norm)
     grad_scale = float(run.world.size)
+    started = time.perf_counter()  # for --time-limit; rank 0's clock decides
     with _StopRequests() as stop:
         while epoch < config.epochs:
             vae.train()
@@ -351,6 +352,9 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)",
             )
             # under torchrun a signal may have reached some ranks only: they decide together
+            if config.time_limit is not None and first_given(time.perf_counter() - started) > 60 * config.time_limit:
+                _say(run, f"time limit of {config.time_limit:g} minutes reached after epoch {epoch}")
+                break
             signum = first_given(stop.signum)
             if signum is not None and epoch < config.epochs:
                 _interrupt(run, signum, epoch, step, None, best, saved=True)
