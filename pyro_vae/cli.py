@@ -126,6 +126,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
     a("--compile", action="store_true", help="torch.compile the encoder and decoder")
     a("--bf16", action="store_true", help="CUDA: bfloat16 autocast for the networks, densities in float32")
+    a("--cuda-graphs", action="store_true", help="CUDA: capture the whole SVI step as a CUDA graph and replay it")
     a("--seed", type=_int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
     a(
         "--test-binarization-seed",

@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" picks CUDA when torch sees a GPU
     compile: bool = False  # torch.compile the encoder and decoder (benchmark before turning on)
     bf16: bool = False  # CUDA only: bfloat16 autocast for the networks; densities stay float32
+    cuda_graphs: bool = False  # CUDA only: capture the whole SVI step once, replay it (launch-bound models)
     seed: int = 0  # seeds initialisation, z draws, shuffling and the dynamic binarization
     test_binarization_seed: int = 0  # apart from `seed` so held-out numbers compare across runs
     limit_train: int | None = None  # first N training images only: quick runs and tests

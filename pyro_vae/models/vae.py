@@ -108,6 +108,8 @@ class VAE(nn.Module):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def _kl_scaled(self) -> AbstractContextManager:
+        if isinstance(self.kl_weight, torch.Tensor):  # a device tensor (CUDA graphs): no host read
+            return poutine.scale(scale=self.kl_weight)
         if self.kl_weight == 1:  # the common case: no messenger at all on the hot path
             return nullcontext()
         if self.kl_weight > 0:

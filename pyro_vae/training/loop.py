@@ -12,6 +12,7 @@ import torch
 
 from pyro_vae.distributed import all_sum, shard, world
 from pyro_vae.models import VAE
+from pyro_vae.training.graphs import GraphStep
 
 
 @torch.no_grad()
@@ -86,6 +87,7 @@ def run_epoch(
     total: torch.Tensor | None = None,
     objective: Callable[[torch.Tensor], torch.Tensor] | None = None,
     grad_scale: float = 1.0,
+    graph: GraphStep | None = None,
 ) -> EpochProgress:
     """SVI steps over ``batches``: the training hot path, shared by :func:`train` and the benchmark.
 
@@ -106,6 +108,8 @@ def run_epoch(
         sum is the same, bit for bit, as an uninterrupted epoch's.
     :param objective: computes the loss of a batch instead of ``elbo`` (a DDP-wrapped :class:`ELBOLoss`).
     :param grad_scale: the loss is multiplied by this before the backward pass (the number of ranks).
+    :param graph: replay this captured step for the batches of its shape (``--cuda-graphs``); other
+        batches (the short last one) run eagerly.
 
     Under torchrun the checks all-reduce the summed loss, the non-finite flag and the stop request in
     one collective, so every rank stops at the same step; a stop is then seen at the next check, not
@@ -136,17 +140,25 @@ def run_epoch(
         vae.registration(False),
     ):
         for x in batches:
-            vae.kl_weight = 1.0 if weight is None else weight(step)
-            if objective is None:
-                loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
+            w = 1.0 if weight is None else weight(step)
+            if graph is not None and graph.takes(x):
+                loss = graph.step(x, w)
+                bad |= ~torch.isfinite(loss)
+                if clip is not None:
+                    bad |= graph.clip_bad
             else:
-                loss = objective(x).float()
-            optimizer.zero_grad(set_to_none=True)
-            (loss * grad_scale if grad_scale != 1.0 else loss).backward()
-            bad |= ~torch.isfinite(loss.detach())
-            if clip is not None:
-                bad |= ~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
-            optimizer.step()
+                vae.kl_weight = w
+                if objective is None:
+                    loss = elbo.differentiable_loss(vae.model, vae.guide, x).float()
+                else:
+                    loss = objective(x).float()
+                # a captured graph owns the gradient tensors: zero them in place
+                optimizer.zero_grad(set_to_none=graph is None)
+                (loss * grad_scale if grad_scale != 1.0 else loss).backward()
+                bad |= ~torch.isfinite(loss.detach())
+                if clip is not None:
+                    bad |= ~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
+                optimizer.step()
             total += loss.detach()
             step += 1
             taken += 1

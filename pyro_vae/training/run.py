@@ -45,6 +45,7 @@ from pyro_vae.runs import (
     read_run_json,
     write_metrics,
 )
+from pyro_vae.training.graphs import GraphStep
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.setup import Run, describe_objective, setup_run
 
@@ -261,6 +262,9 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     # their number gives every rank the gradient of the sum over the global batch, as one process would
     # compute it: Adam then takes the same step (and --clip-grad clips the same norm)
     grad_scale = float(run.world.size)
+    graph = None
+    if config.cuda_graphs:
+        graph = GraphStep(vae, run.elbo, run.optimizer, clip=config.clip_grad, bf16=config.bf16, say=tqdm.write)
     started = time.perf_counter()  # for --time-limit; rank 0's clock decides
     with _StopRequests() as stop:
         while epoch < config.epochs:
@@ -304,6 +308,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 total=torch.tensor(carried, device=device),
                 objective=run.objective,
                 grad_scale=grad_scale,
+                graph=graph,
             )
             bar.close()
             seconds = elapsed + time.perf_counter() - t0

@@ -161,6 +161,13 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
     here = world()
     if config.bf16 and device.type != "cuda":
         raise ConfigError("--bf16 autocast is for CUDA; drop it on the CPU")
+    if config.cuda_graphs:
+        if device.type != "cuda":
+            raise ConfigError("--cuda-graphs needs CUDA; drop it on the CPU")
+        if here.distributed:
+            raise ConfigError("--cuda-graphs is for one process; drop it under torchrun")
+        if config.compile:
+            raise ConfigError("--cuda-graphs and --compile both rewrite the step; pick one")
     out = config.out or _default_out(config)
     if here.distributed:  # rank 0's clock names the folder
         out = gather_objects(out)[0]
