@@ -42,6 +42,8 @@ PATH_NOTES = {
     "ours-analytic": "pyro_vae training path, TraceMeanField_ELBO",
     "ours-mc-compile": "pyro_vae training path, Trace_ELBO, torch.compile networks",
     "ours-mc-bf16": "pyro_vae training path, Trace_ELBO, bf16 autocast (CUDA)",
+    "ours-mc-graphs": "pyro_vae training path, Trace_ELBO, whole step as a CUDA graph (--cuda-graphs)",
+    "ours-analytic-graphs": "pyro_vae training path, TraceMeanField_ELBO, whole step as a CUDA graph",
 }
 
 
@@ -115,18 +117,29 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
             elif name == "pyro-svi":
                 step = _svi_loop(vae, batches)
             else:
-                elbo = make_elbo("analytic" if name == "ours-analytic" else "mc")
+                elbo = make_elbo("analytic" if name.startswith("ours-analytic") else "mc")
                 if name == "ours-mc-compile":
                     vae.encoder.compile()
                     vae.decoder.compile()
-                if name == "ours-mc-bf16" and device.type != "cuda":
-                    raise ConfigError("ours-mc-bf16 needs CUDA")
+                if name in ("ours-mc-bf16", "ours-mc-graphs", "ours-analytic-graphs") and device.type != "cuda":
+                    raise ConfigError(f"{name} needs CUDA")
+                graph = None
+                if name.endswith("-graphs"):
+                    from pyro_vae.training.graphs import GraphStep
+
+                    graph = GraphStep(vae, elbo, optimizer)
 
                 def step(n: int) -> None:
                     done = 0
                     while done < n:  # whole passes of the permutation, as training runs them
                         progress = run_epoch(
-                            vae, elbo, optimizer, batches, max_steps=n - done, bf16=name == "ours-mc-bf16"
+                            vae,
+                            elbo,
+                            optimizer,
+                            batches,
+                            max_steps=n - done,
+                            bf16=name == "ours-mc-bf16",
+                            graph=graph,
                         )
                         done += progress.batches
 

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             json_out = str((out / f"benchmark_b{batch}.json").resolve())
             cmd = [py, "-m", "pyro_vae", "benchmark", "--device", "cuda", "--data-dir", data]
             cmd += ["--batch-size", str(batch), "--paths", "pyro-example", "conventional", "pyro-svi", "pytorch"]
-            cmd += ["ours-mc", "ours-analytic", "ours-mc-bf16", "--out", json_out]
+            cmd += ["ours-mc", "ours-analytic", "ours-mc-graphs", "ours-analytic-graphs", "ours-mc-bf16"]
+            cmd += ["--out", json_out]
             steps[f"benchmark_b{batch}"] = _step(out, f"benchmark_b{batch}", cmd, 3600)
             if Path(json_out).exists():
                 result = json.loads(Path(json_out).read_text())
