@@ -30,6 +30,11 @@ def test_kl_weight_as_a_device_tensor_gives_the_same_loss_as_a_float(elbo, weigh
     torch.testing.assert_close(out[0], out[1], rtol=1e-6, atol=1e-5)
 
 
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(net="mlp", z_dim=2, hidden=(16,), batch_size=16, epochs=2, progress=False, device="cuda")
+    return TrainConfig(out=str(tmp_path / "run"), cuda_graphs=True, **{**base, **kw})
+
+
 def _cuda_vae():
     pyro.set_rng_seed(0)
     return build_vae((1, 8, 8), z_dim=4, hidden=(32,)).cuda()
@@ -92,17 +97,7 @@ def test_a_part_that_syncs_falls_back_to_eager_with_one_message(tmp_path, capsys
     data = make_tiny_data()
     vae = build_vae(data.event_shape, z_dim=2, hidden=(16,))
     vae.decoder = Syncing(vae.decoder)
-    config = TrainConfig(
-        net="mlp",
-        z_dim=2,
-        hidden=(16,),
-        batch_size=16,
-        epochs=2,
-        progress=False,
-        device="cuda",
-        out=str(tmp_path / "run"),
-        cuda_graphs=True,
-    )
+    config = _config(tmp_path)
     result = train(config, data=data, vae=vae)
     assert len(result.metrics) == 2
     assert capsys.readouterr().out.count("--cuda-graphs: could not capture the step") == 1
@@ -113,19 +108,7 @@ def test_a_captured_run_trains_and_resumes(tmp_path):
     from pyro_vae.training import resume
 
     data = make_tiny_data()
-    config = TrainConfig(
-        net="mlp",
-        z_dim=2,
-        hidden=(16,),
-        batch_size=16,
-        epochs=2,
-        progress=False,
-        device="cuda",
-        out=str(tmp_path / "run"),
-        cuda_graphs=True,
-        kl_schedule="linear",
-        warmup=1,
-    )
+    config = _config(tmp_path, kl_schedule="linear", warmup=1)
     result = train(config, data=data)
     assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in result.metrics)
     again = resume(tmp_path / "run", epochs=3, data=data)
@@ -142,18 +125,7 @@ def test_cuda_graphs_refused_where_they_cannot_work(tmp_path):
     ):
         if device == "auto" and not torch.cuda.is_available():
             continue
-        config = TrainConfig(
-            net="mlp",
-            z_dim=2,
-            hidden=(8,),
-            batch_size=16,
-            epochs=1,
-            progress=False,
-            device=device,
-            out=str(tmp_path / "run"),
-            cuda_graphs=True,
-            **extra,
-        )
+        config = _config(tmp_path, device=device, epochs=1, **extra)
         with pytest.raises(ConfigError) as info:
             train(config, data=data)
         assert str(info.value) == message
