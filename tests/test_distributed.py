@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,7 +208,10 @@ def test_torchrun_smoke_train_resume_evaluate(tmp_path):
     assert "2 processes (torchrun)" in p.stdout
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
     assert (run / "checkpoints" / "epoch0002.pt").exists()
-    p = _torchrun("-m", "pyro_vae", "train", "--resume", str(run), "--epochs", "3", cwd=tmp_path)
+    # the console command under torchrun, where pip installed it
+    entry = shutil.which("pyro-vae-train")
+    launch = [entry] if entry else ["-m", "pyro_vae", "train"]
+    p = _torchrun(*launch, "--resume", str(run), "--epochs", "3", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
     p = _torchrun("-m", "pyro_vae", "evaluate", str(run), "--k", "20", "--no-progress", cwd=tmp_path)

@@ -80,11 +80,17 @@ def test_benchmark_smoke_writes_valid_json(data_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    assert [r["path"] for r in result["rows"]] == ["conventional", "pyro-svi", "pytorch", "ours-mc", "ours-analytic"]
+    paths = ["pyro-example", "conventional", "pyro-svi", "pytorch", "ours-mc", "ours-analytic"]
+    assert [r["path"] for r in result["rows"]] == paths
     for r in result["rows"]:
         assert r["images_per_second"] > 0 and r["seconds_per_epoch"] > 0 and r["peak_memory_mb"] > 0
         assert len(r["repeat_seconds"]) == 1 and r["steps_timed"] == 2
-    assert set(result["ratios"]) >= {"ours-mc/conventional", "ours-mc/pyro-svi", "ours-mc/pytorch"}
+    assert set(result["ratios"]) >= {
+        "ours-mc/pyro-example",
+        "ours-mc/conventional",
+        "ours-mc/pyro-svi",
+        "ours-mc/pytorch",
+    }
     assert result["evaluation"]["speedup"] > 0 and result["evaluation"]["k"] == 8
     assert result["torch"] == torch.__version__ and result["pyro"] == pyro.__version__
     assert "time ratio ours-mc/conventional" in proc.stdout

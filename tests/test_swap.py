@@ -27,6 +27,7 @@ from pyro_vae.data import prepare
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.nets import MLPEncoder
+from pyro_vae.objectives import SyncFreeTraceMeanField_ELBO
 from pyro_vae.priors import has_closed_form_kl
 
 from conftest import make_tiny_data
@@ -188,13 +189,13 @@ def test_kl_weight_scales_the_latent_site_and_only_the_kl_term(weight):
 
 def test_training_applies_the_schedule_at_every_step(tmp_path, monkeypatch):
     seen = []
-    original = TraceMeanField_ELBO.differentiable_loss
+    original = SyncFreeTraceMeanField_ELBO.differentiable_loss
 
     def spy(self, model, guide, x):
         seen.append(model.__self__.kl_weight)
         return original(self, model, guide, x)
 
-    monkeypatch.setattr(TraceMeanField_ELBO, "differentiable_loss", spy)
+    monkeypatch.setattr(SyncFreeTraceMeanField_ELBO, "differentiable_loss", spy)
     cfg = TrainConfig(
         elbo="analytic",
         epochs=2,
