@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.files import write_atomic
 
 PATHS = ("pyro-example", "conventional", "pyro-svi", "pytorch", "ours-mc", "ours-analytic")
 # the rows each of ours is compared with
@@ -496,6 +497,6 @@ def format_results(result: dict[str, Any]) -> str:
 
 
 def save(result: dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    """Write the benchmark's figures as JSON (atomically: a failed write leaves no half file)."""
+    text = json.dumps(result, indent=2) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))

@@ -10,9 +10,7 @@ torch CPU and CUDA, the data generator), and the best validation loss so far.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,8 @@ from pyro.distributions import constraints
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.files import write_atomic
 from pyro_vae.models import VAE, build_vae_from_config
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 FORMAT_VERSION = 2
 # format 1 (before resume): no RNG states or position; loads for evaluation, cannot resume
@@ -56,26 +52,8 @@ class CheckpointError(PyroVAEError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` through a temporary file in the same folder, flushed and fsynced,
-    then renamed over ``path``: a write interrupted at any point leaves the old file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a checkpoint is as readable as any other file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # make the rename itself durable
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``state`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _constraint_name(c: constraints.Constraint) -> str:

@@ -161,6 +161,7 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
     def go() -> None:
         from pyro_vae import distributed
 
+        distributed.check_timeout(600.0 if timeout is None else timeout)
         if not distributed.launched():
             fn()
             return
@@ -350,12 +351,18 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
             "processes": world().size,
             **result,
         }
-        record_results(out, result)
+        # the table first: should the file write fail after all the work, the figures are on the screen
         print(
             f"{args.run_dir}  {loaded.checkpoint.name} (epoch {loaded.state['epoch']})  {args.split} split, "
             f"{len(loaded.x)} images, {device.type}"
         )
-        print(format_table(result))
+        print(format_table(result), flush=True)
+        try:
+            record_results(out, result)
+        except OSError as exc:
+            raise ConfigError(
+                f"could not add the results to {out} ({exc.strerror or exc}); the figures are printed above"
+            ) from None
         print(f"IS evaluation took {result['nll_seconds']:.1f}s; added to {out}")
 
     return _run(_distributed(go, args.device, args.dist_timeout))
@@ -396,6 +403,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
         from pyro_vae.benchmark import format_results, run_benchmark, save
         from pyro_vae.config import check_seed
         from pyro_vae.evaluate import MAX_K
+        from pyro_vae.files import check_writable_file
 
         for name in (
             "batch_size",
@@ -411,13 +419,18 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
         ):
             value = getattr(cfg, name)
             if value is not None and value < (0 if name in ("warmup_steps", "num_workers") else 1):
-                raise PyroVAEError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                at_least = "must be >= 0" if name in ("warmup_steps", "num_workers") else "must be positive"
+                raise PyroVAEError(f"--{name.replace('_', '-')} {at_least}, got {value}")
         if cfg.eval_k > MAX_K:
             raise PyroVAEError(f"--eval-k must be at most {MAX_K:,}, got {cfg.eval_k}")
         check_seed("--seed", cfg.seed)
+        check_writable_file(out, example="benchmark.json")  # before the work, not after
         result = run_benchmark(cfg)
-        save(result, out)
-        print(format_results(result))
+        print(format_results(result), flush=True)  # on screen even if the file write fails after all
+        try:
+            save(result, out)
+        except OSError as exc:
+            raise ConfigError(f"could not write {out} ({exc.strerror or exc}); the figures are printed above") from None
         print(f"wrote {out}")
 
     return _run(go)

@@ -11,6 +11,7 @@ unconditionally.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +74,15 @@ def world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_timeout(timeout_s: float) -> None:
+    """Refuse a ``--dist-timeout`` that is not a finite number of seconds > 0 (with or without torchrun, so
+    a bad value never waits to surface until the job is launched on many machines)."""
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(
+            f"--dist-timeout must be a finite number of seconds > 0, got {timeout_s}; e.g. --dist-timeout 600"
+        )
+
+
 def init(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group that ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR``, ...): NCCL when the run is on CUDA, gloo on the CPU, one device per rank.
@@ -80,10 +90,9 @@ def init(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     :param device: the run's ``--device``; ``"auto"`` is CUDA when torch sees a GPU.
     :param timeout_s: how long any collective waits for the other ranks.
     """
+    check_timeout(timeout_s)
     if not launched():
         return World()
-    if not (timeout_s > 0):
-        raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {timeout_s}")
     if dist.is_initialized():
         return world()
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from pyro_vae.distributed import derive_seed, gather_cat, gather_objects, shard
 from pyro_vae.errors import ConfigError
+from pyro_vae.files import check_writable_file, write_atomic
 from pyro_vae.models import VAE
 
 # decoder outputs per chunk of the IS estimator (samples x images x pixels): 2**22 (16 MB of float32)
@@ -430,14 +430,7 @@ def _read_results(path: Path) -> list[dict]:
 
 def check_results_file(path: str | Path) -> None:
     """Refuse, before any work, a results file that cannot be read back or written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; pass a file name such as {path / 'eval.json'}")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--out {path}: folder {parent} does not exist (or is a file); create it or pass another")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"--out {path}: cannot write there (permission denied); pass another --out")
+    check_writable_file(path)
     _read_results(path)
 
 
@@ -461,9 +454,8 @@ def record_results(path: str | Path, result: dict) -> dict:
     else:
         entries.append(result)
         stored = result
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"evaluations": entries}, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps({"evaluations": entries}, indent=2) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
     return stored
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
+from pyro_vae.files import write_atomic
 
 METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
 # the parts a user may pass as modules instead of names
@@ -215,9 +216,8 @@ def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
     writer.writerow(METRICS_FIELDS)
     for row in rows:
         writer.writerow(["" if isinstance(row[k], float) and math.isnan(row[k]) else row[k] for k in METRICS_FIELDS])
-    tmp = run_dir / ".metrics.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, run_dir / "metrics.csv")
+    text = buf.getvalue()
+    write_atomic(run_dir / "metrics.csv", lambda f: f.write(text.encode()))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

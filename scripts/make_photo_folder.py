@@ -2,12 +2,19 @@
 for trying and timing ``--dataset folder``: ``python scripts/make_photo_folder.py OUT --count 5000 --size 128``."""
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel", "rocket", "moon", "page")
+SMALLEST_SIDE = 191  # "page" is 191 x 384: every crop must fit in every photograph
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
@@ -17,7 +24,23 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128, help="side of each crop in pixels (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    import skimage.data
+    if args.count < 1:
+        _refuse(f"--count must be a positive number of crops, got {args.count}")
+    if not 1 <= args.size <= SMALLEST_SIDE:
+        _refuse(f"--size must be from 1 to {SMALLEST_SIDE} pixels (the smallest photograph's side), got {args.size}")
+    if not 0 <= args.seed < 2**32:
+        _refuse(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        _refuse(f"{out} is a file; pass a folder to write the crops into")
+    try:
+        import skimage.data
+    except ImportError:
+        _refuse("scikit-image is needed for its photographs: pip install scikit-image (or pip install -e '.[dev]')")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _refuse(f"cannot create {out} ({exc.strerror or exc}); pass another folder")
 
     rng = np.random.default_rng(args.seed)
     photos = {name: np.asarray(getattr(skimage.data, name)()) for name in PHOTOS}
@@ -26,11 +49,12 @@ def main() -> None:
         img = photos[name]
         y = rng.integers(0, img.shape[0] - args.size + 1)
         x = rng.integers(0, img.shape[1] - args.size + 1)
-        folder = Path(args.out, name)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = out / name
+        folder.mkdir(exist_ok=True)
         # a third as JPEG, the rest PNG: both decoders are exercised
         ext = "jpg" if i % 3 == 0 else "png"
         Image.fromarray(img[y : y + args.size, x : x + args.size]).save(folder / f"{i:05d}.{ext}")
+    print(f"wrote {args.count} crops of {args.size}x{args.size} to {out}")
 
 
 if __name__ == "__main__":

@@ -359,16 +359,35 @@ def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
         (["--checkpoint", str(tmp_path / "nope.pt")], "no checkpoint file"),
         (["--split", "valid"], "this dataset has no validation split"),
         (["--data-dir", str(tmp_path / "empty")], "not found in"),
+        (["--dist-timeout", "0"], "--dist-timeout must be a finite number of seconds > 0, got 0.0"),
+        # a folder that permissions allow but where no file can be made (the probe finds it, not os.access)
+        (["--out", "/proc/pyro_vae_eval.json"], "--out /proc/pyro_vae_eval.json: cannot write there ("),
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(16))
 def test_evaluate_refuses_before_the_work(trained, tmp_path, idx_root, capsys, case):
     argv, expect = _eval_cases(trained, tmp_path, idx_root, capsys)[case]
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
     code, err = call(evaluate_main, [str(trained), "--k", "2", "--no-progress", *argv], capsys)
     assert_one_line(code, err, expect)
     assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before  # no eval.json written
+
+
+def test_a_results_file_that_fails_at_the_end_keeps_the_figures_on_screen(trained, capsys, monkeypatch):
+    import pyro_vae.evaluate
+
+    def full_disk(path, result):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyro_vae.evaluate, "record_results", full_disk)
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    code = evaluate_main([str(trained), "--k", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert_one_line(code, captured.err, f"could not add the results to {trained}/eval.json (No space left on device)")
+    assert captured.err.strip().endswith("the figures are printed above")
+    assert "-log p(x), IS K=2" in captured.out  # the work is not lost
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
 
 
 def test_evaluate_a_run_whose_folder_is_missing(tmp_path, capsys):
@@ -454,6 +473,12 @@ BENCHMARK = [
     (["--eval-k", "10000000"], "--eval-k must be at most 1,000,000"),
     (["--paths", "warp"], "invalid choice: 'warp'"),
     (["--data-dir", "NOWHERE"], "mnist not found in"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
+    (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
+    # the output file is checked before minutes of timing, not written to after them
+    (["--out", "HERE"], "is a folder; pass a file name such as"),
+    (["--out", "NOWHERE/bench.json"], "does not exist (or is a file)"),
+    (["--out", "/proc/pyro_vae_bench.json"], "--out /proc/pyro_vae_bench.json: cannot write there ("),
 ]
 
 
@@ -461,9 +486,9 @@ BENCHMARK = [
 def test_benchmark_settings(idx_root, tmp_path, capsys, argv, expect):
     from pyro_vae.cli import benchmark_main
 
-    argv = [str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in argv]
+    argv = [a.replace("NOWHERE", str(tmp_path / "nowhere")).replace("HERE", str(tmp_path)) for a in argv]
     out = tmp_path / "bench.json"
-    code, err = call(benchmark_main, ["--data-dir", str(idx_root), *argv, "--out", str(out)], capsys)
+    code, err = call(benchmark_main, ["--data-dir", str(idx_root), "--out", str(out), *argv], capsys)
     assert_one_line(code, err, expect)
     assert not out.exists()
 

@@ -10,7 +10,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae import TrainConfig, build_vae, train
 from pyro_vae.objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
-from pyro_vae.training.graphs import GraphStep
+from pyro_vae.training.graphs import GraphStep, make_capturable
 from pyro_vae.training.loop import run_epoch
 
 from conftest import make_tiny_data
@@ -28,6 +28,41 @@ def test_kl_weight_as_a_device_tensor_gives_the_same_loss_as_a_float(elbo, weigh
             torch.manual_seed(3)
             out.append(elbo().differentiable_loss(vae.model, vae.guide, x))
     torch.testing.assert_close(out[0], out[1], rtol=1e-6, atol=1e-5)
+
+
+def test_an_optimiser_state_saved_in_capturable_mode_steps_again_on_the_cpu():
+    # a --cuda-graphs checkpoint holds capturable=True and float32 step counters; a run that resumes it
+    # without capture sets its own mode, and then steps exactly as Adam that was never capturable
+    torch.manual_seed(0)
+    start = torch.randn(5)
+    grads = [torch.randn(5) for _ in range(4)]
+
+    def adam(params, **kw):
+        return torch.optim.Adam(params, lr=0.1, **kw)
+
+    ref_p = torch.nn.Parameter(start.clone())
+    ref = adam([ref_p])
+    p = torch.nn.Parameter(start.clone())
+    opt = adam([p])
+    for g in grads[:2]:
+        for param, o in ((ref_p, ref), (p, opt)):
+            param.grad = g.clone()
+            o.step()
+    saved = opt.state_dict()
+    saved["param_groups"][0]["capturable"] = True
+    saved["state"][0]["step"] = saved["state"][0]["step"].float()
+    again = adam([p])
+    again.load_state_dict(saved)
+    p.grad = grads[2].clone()
+    with pytest.raises(AssertionError, match="capturable"):
+        again.step()  # what a resumed run met before it set its own mode
+    make_capturable(again, False)
+    assert again.param_groups[0]["capturable"] is False
+    for g in grads[2:]:
+        for param, o in ((ref_p, ref), (p, again)):
+            param.grad = g.clone()
+            o.step()
+    torch.testing.assert_close(p.detach(), ref_p.detach(), rtol=0, atol=1e-7)
 
 
 def _config(tmp_path, **kw) -> TrainConfig:

@@ -236,6 +236,15 @@ BAD_FLAGS = [
         "'normal', 'normal-image', 'normal-pixel', 'laplace', 'discretized-logistic'); see pyro-vae-train --help",
     ),
     (["--bf16", "--device", "cpu"], "error: --bf16 autocast is for CUDA; drop it on the CPU"),
+    (["--cuda-graphs", "--device", "cpu"], "error: --cuda-graphs needs CUDA; drop it on the CPU"),
+    (["--time-limit", "0"], "error: --time-limit must be a finite number > 0, got 0.0; minutes, e.g. --time-limit 10"),
+] + [
+    # refused without torchrun too: a bad value must not wait to surface until the job runs on many machines
+    (
+        ["--dist-timeout", value],
+        f"error: --dist-timeout must be a finite number of seconds > 0, got {float(value)}; e.g. --dist-timeout 600",
+    )
+    for value in ("0", "-5", "nan", "inf")
 ]
 
 

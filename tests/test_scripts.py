@@ -95,3 +95,34 @@ def test_gpu_check_refuses_without_a_gpu_and_has_help():
     proc = subprocess.run([sys.executable, "scripts/gpu_check.py"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: torch sees no GPU; run this on a machine with CUDA"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--count", "0"], "error: --count must be a positive number of crops, got 0"),
+        (["--size", "0"], "error: --size must be from 1 to 191 pixels (the smallest photograph's side), got 0"),
+        (["--size", "192"], "error: --size must be from 1 to 191 pixels (the smallest photograph's side), got 192"),
+        (["--seed", "-1"], "error: --seed must be an integer from 0 to 4294967295, got -1"),
+    ],
+)
+def test_photo_folder_script_refuses_bad_settings_in_one_line(tmp_path, argv, message):
+    proc = run(["scripts/make_photo_folder.py", str(tmp_path / "photos"), *argv])
+    assert (proc.returncode, proc.stderr.strip()) == (2, message)
+    assert not (tmp_path / "photos").exists()
+
+
+def test_photo_folder_script_writes_crops_of_every_photograph(tmp_path):
+    pytest.importorskip("skimage")
+    out = tmp_path / "photos"
+    proc = run(["scripts/make_photo_folder.py", str(out), "--count", "20", "--size", "191"])
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(out.rglob("*.*"))
+    assert len(files) == 20 and len({f.parent.name for f in files}) == 10
+    assert all(Image.open(f).size == (191, 191) for f in files)
+    (tmp_path / "afile").write_text("")
+    proc = run(["scripts/make_photo_folder.py", str(tmp_path / "afile")])
+    assert (proc.returncode, proc.stderr.strip()) == (
+        2,
+        f"error: {tmp_path}/afile is a file; pass a folder to write the crops into",
+    )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from pyro_vae.data.source import DataOptions, RawData
 from pyro_vae.errors import DataError
+from pyro_vae.files import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1
@@ -148,17 +148,6 @@ def _cache_key(root: Path, files: list[Path], options: DataOptions, layout: str)
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     """Read an image folder (see the module docstring).
 
@@ -235,12 +224,11 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     test_labels = _labels(parts[1][0], test_files, classes)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        _save_atomic(train_path, train_np)
-        _save_atomic(test_path, test_np)
+        write_atomic(train_path, lambda f: np.save(f, train_np))
+        write_atomic(test_path, lambda f: np.save(f, test_np))
         meta = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(), "classes": classes}
-        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_path)  # written last: its presence means the arrays are complete
+        # written last: its presence means the arrays are complete
+        write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     except OSError:
         pass  # no writable cache: decode again next time
     if stats is not None:

@@ -26,16 +26,20 @@ import torch
 from pyro_vae.models import VAE
 
 
-def make_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """Switch Adam-style optimisers to ``capturable=True``, with their step counters on the device
-    (a state loaded from a checkpoint of an eager run has them on the host)."""
+def make_capturable(optimizer: torch.optim.Optimizer, on: bool = True) -> None:
+    """Switch Adam-style optimisers to ``capturable=on``, with their step counters where that mode keeps
+    them: on the parameter's device for capture, on the host otherwise. A state loaded from a checkpoint
+    carries the mode of the run that saved it; a resumed run sets its own (a ``--cuda-graphs`` run resumed
+    without the flag, or on the CPU, would otherwise step in a mode its device may not support)."""
     for group in optimizer.param_groups:
         if "capturable" in group:
-            group["capturable"] = True
+            group["capturable"] = on
         for p in group["params"]:
             state = optimizer.state.get(p, {})
-            if "step" in state and torch.is_tensor(state["step"]) and state["step"].device != p.device:
-                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+            if "step" in state and torch.is_tensor(state["step"]):
+                where = p.device if on else torch.device("cpu")
+                if state["step"].device != where:
+                    state["step"] = state["step"].to(device=where, dtype=torch.float32)
 
 
 class GraphStep:

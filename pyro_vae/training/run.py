@@ -45,7 +45,7 @@ from pyro_vae.runs import (
     read_run_json,
     write_metrics,
 )
-from pyro_vae.training.graphs import GraphStep
+from pyro_vae.training.graphs import GraphStep, make_capturable
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.setup import Run, describe_objective, setup_run
 
@@ -176,6 +176,7 @@ def _prepare_resume(
     # the CPU copy read above is enough: each load below copies onto the model's device
     load_model_state(run.vae, state, path)
     run.optimizer.load_state_dict(state["optimizer"])
+    make_capturable(run.optimizer, config.cuda_graphs)
     restore_param_store(state["param_store"])
     _restore_random(run, state)
     run.metrics = [m for m in metrics if m["epoch"] <= state["epoch"]]
