@@ -220,7 +220,7 @@ class _ExampleVAE(torch.nn.Module):
     def __init__(self, event_shape, z_dim: int = 50, hidden: int = 400) -> None:
         super().__init__()
         pixels = math.prod(event_shape)
-        self.z_dim, self.pixels = z_dim, pixels
+        self.z_dim, self.pixels, self.event_shape = z_dim, pixels, torch.Size(event_shape)
         self.enc_hidden = torch.nn.Linear(pixels, hidden)
         self.enc_loc = torch.nn.Linear(hidden, z_dim)
         self.enc_log_scale = torch.nn.Linear(hidden, z_dim)

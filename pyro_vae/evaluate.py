@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from torch.distributions import kl_divergence
 from tqdm import tqdm
 
 from pyro_vae.distributed import derive_seed, gather_cat, gather_objects, shard
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.files import check_writable_file, write_atomic
 from pyro_vae.models import VAE
 
@@ -109,13 +110,62 @@ def _batch_seed(seed: int | None, start: int) -> int | None:
     return None if seed is None else derive_seed(seed, start)
 
 
+def prepare_inputs(vae: VAE, x: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+    """``x`` as the evaluation functions score it, or one line on what is wrong with it.
+
+    The images must be a tensor shaped ``(N, *vae.event_shape)`` with N >= 1, and ``batch_size`` >= 1.
+    Floating images move to the model's device and dtype (a float64 array from NumPy scores as the
+    float32 model computes; a float64 model scores float32 data in float64); integer images (uint8)
+    keep their values and become that floating dtype, as do bool images (0 and 1).
+    """
+    if not _count(batch_size):
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    event_shape = getattr(vae, "event_shape", None)  # a model of your own may leave it out: no shape check
+    if not torch.is_tensor(x):
+        shape = "N, ..." if event_shape is None else f"N, {_shape(event_shape)}"
+        raise DataError(f"the images must be a torch tensor shaped ({shape}), got {type(x).__name__}")
+    if x.dim() == 0:
+        raise DataError("the images are a single number; pass a batch of images shaped (N, ...)")
+    if event_shape is not None and (tuple(x.shape[1:]) != tuple(event_shape) or x.dim() != len(event_shape) + 1):
+        raise DataError(
+            f"the images have shape {tuple(x.shape)}; this model scores (N, {_shape(event_shape)}): "
+            "reshape them, or use a model built for their shape"
+        )
+    if len(x) == 0:
+        raise DataError("no images to score (N = 0); pass at least one")
+    if x.is_complex():
+        raise DataError(f"the images are {x.dtype}; pass real numbers (a float, uint8 or bool tensor)")
+    param = next(vae.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    return x
+
+
+def sample_counts(num_samples: int | Sequence[int]) -> list[int]:
+    """K, or several K, as a sorted list of distinct ints; a ``ValueError`` unless each is an integer >= 1."""
+    given = [num_samples] if isinstance(num_samples, (numbers.Number, str)) else list(num_samples)
+    if not given or not all(_count(k) for k in given):
+        raise ValueError(f"numbers of samples must be integers >= 1, got {num_samples}")
+    return sorted({int(k) for k in given})
+
+
+def _count(n: object) -> bool:
+    """A positive integer (NumPy's too), not a bool."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 1
+
+
+def _shape(event_shape: Sequence[int]) -> str:
+    return ", ".join(str(d) for d in event_shape)
+
+
 @contextmanager
-def _checked_once(vae: VAE, x: torch.Tensor) -> Iterator[None]:
-    """Check the data against the likelihood once, then run without Pyro's per-distribution
-    checks, which would repeat that check on every chunk (a large share of a CPU step)."""
+def _checked_once(vae: VAE, x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Check the data (:func:`prepare_inputs`, and against the likelihood) once, then run without Pyro's
+    per-distribution checks, which would repeat that check on every chunk (a large share of a CPU step)."""
+    x = prepare_inputs(vae, x, batch_size)
     vae.check_data(x)
     with pyro.validation_enabled(False), vae.registration(False):
-        yield
+        yield x
 
 
 def _log_prob(site: dict) -> torch.Tensor:
@@ -184,7 +234,9 @@ def elbo_terms(
     """
     recon, kl, kinds = [], [], {}
     sites: dict[str, list[torch.Tensor]] = {}
-    with _checked_once(vae, x):
+    if not _count(num_particles):
+        raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
+    with _checked_once(vae, x, batch_size) as x:
         dim = -1 - _max_plate_nesting(vae, x)
         for start in _my_batches(len(x), batch_size):
             xb = x[start : start + batch_size]
@@ -262,16 +314,15 @@ def importance_log_likelihood(
     left out) and the per-image values are gathered, so each rank returns the whole result, equal to
     one process's, in about 1/N of the time.
     """
-    ks = sorted({num_samples} if isinstance(num_samples, int) else set(num_samples))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"numbers of samples must be >= 1, got {num_samples}")
+    ks = sample_counts(num_samples)
     k_max = ks[-1]
     per_point = math.prod(vae.event_shape)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    x = prepare_inputs(vae, x, batch_size)
     starts = _my_batches(len(x), batch_size)
     share = starts.stop - starts.start if len(starts) else 0
     bar = tqdm(total=share, unit="img", desc=f"log p(x), K={k_max}", disable=not progress, leave=False)
-    with _checked_once(vae, x):
+    with _checked_once(vae, x, batch_size) as x:
         dim = -1 - _max_plate_nesting(vae, x)
         for start in starts:
             xb = x[start : start + batch_size]
@@ -306,6 +357,7 @@ def active_units(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str,
 
     :returns: ``{site: {"active": n, "units": d}}``.
     """
+    x = prepare_inputs(vae, x, batch_size)
     chunks: list[list[torch.Tensor]] = []
     with vae.registration(False):
         for start in range(0, len(x), batch_size):
@@ -340,6 +392,8 @@ def evaluate(
     Values are per data point, in nats, each with its standard error over data points;
     ``bits_per_dim`` divides −log p(x) by the number of dimensions times ln 2.
     """
+    ks = sample_counts(ks)  # refused before the ELBO passes, not after them
+    x = prepare_inputs(vae, x, batch_size)
     dims = math.prod(vae.event_shape)
     result: dict = {"num_points": len(x), "dims": dims, "seed": seed, "elbo": {}, "nll": {}}
     for name, analytic in (("mc", False), ("analytic", True)):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import evaluate_main, train_main
+from pyro_vae.errors import ConfigError, DataError
 
 from conftest import make_idx_root
 
@@ -544,3 +545,104 @@ HIERARCHY = [
 @pytest.mark.parametrize("argv,expect", HIERARCHY, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_hierarchy_options(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
+
+
+# ------------------------------------------------------------------------------------------------
+# class 11: the Python API a notebook calls: one exception naming the problem, never a shape error
+# from deep inside torch
+
+
+def _api_cases():
+    import numpy as np
+
+    from pyro_vae.evaluate import active_units, elbo_terms, evaluate, importance_log_likelihood
+
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
+    return [
+        (lambda v: importance_log_likelihood(v, x, 0), ValueError, "numbers of samples must be integers >= 1, got 0"),
+        (lambda v: importance_log_likelihood(v, x, [5, -1]), ValueError, "integers >= 1, got [5, -1]"),
+        (lambda v: importance_log_likelihood(v, x, 2.5), ValueError, "integers >= 1, got 2.5"),
+        (lambda v: importance_log_likelihood(v, x, []), ValueError, "integers >= 1, got []"),
+        (lambda v: importance_log_likelihood(v, x, 5, batch_size=0), ConfigError, "batch_size must be a positive"),
+        (lambda v: importance_log_likelihood(v, x[:0], 5), DataError, "no images to score (N = 0)"),
+        (
+            lambda v: importance_log_likelihood(v, x.reshape(6, 16), 5),
+            DataError,
+            "have shape (6, 16); this model scores (N, 1, 4, 4)",
+        ),
+        (
+            lambda v: importance_log_likelihood(v, x[0], 5),
+            DataError,
+            "have shape (1, 4, 4); this model scores (N, 1, 4, 4)",
+        ),
+        (
+            lambda v: importance_log_likelihood(v, x.numpy(), 5),
+            DataError,
+            "must be a torch tensor shaped (N, 1, 4, 4), got ndarray",
+        ),
+        (lambda v: importance_log_likelihood(v, x * 255, 5), DataError, "Bernoulli likelihood needs binary data"),
+        (
+            lambda v: elbo_terms(v, x, analytic_kl=True, num_particles=0),
+            ConfigError,
+            "num_particles must be a positive",
+        ),
+        (lambda v: elbo_terms(v, x[:0], analytic_kl=False), DataError, "no images to score"),
+        (lambda v: active_units(v, x[:0]), DataError, "no images to score"),
+        (lambda v: evaluate(v, x, [np.int64(0)]), ValueError, "numbers of samples must be integers >= 1"),
+        (lambda v: evaluate(v, x.reshape(6, 16), [5]), DataError, "this model scores (N, 1, 4, 4)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_the_evaluation_functions_refuse_bad_arguments_in_one_line(case):
+    from pyro_vae import build_vae
+
+    call_it, kind, expect = _api_cases()[case]
+    vae = build_vae((1, 4, 4), z_dim=2, hidden=(8,))
+    with pytest.raises(kind) as info:
+        call_it(vae)
+    assert expect in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_evaluation_functions_take_numpy_counts_float64_and_bool_images():
+    import numpy as np
+
+    from pyro_vae import build_vae
+    from pyro_vae.evaluate import importance_log_likelihood
+
+    vae = build_vae((1, 4, 4), z_dim=2, hidden=(8,))
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
+    ref = importance_log_likelihood(vae, x, 7)[7]
+    for same in (x.double(), x.bool(), x.to(torch.uint8)):
+        got = importance_log_likelihood(vae, same, np.int64(7))
+        assert list(got) == [7] and got[7].dtype == torch.float32
+        assert torch.equal(got[7], ref)
+    # a float64 model scores in float64, and agrees with the float32 model to float32 precision for
+    # the same latents (float64 draws from the same seed are other numbers)
+    z = torch.randn(7, 6, 2)
+    ref = importance_log_likelihood(vae, x, 7, latents={"z": z})[7]
+    got = importance_log_likelihood(vae.double(), x, 7, latents={"z": z.double()})[7]
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got.float(), ref, rtol=1e-5, atol=1e-4)
+
+
+BUILD = [
+    (dict(z_dim=0), "z_dim must be a positive integer, got 0"),
+    (dict(z_dim=2.5), "z_dim must be a positive integer, got 2.5"),
+    (dict(hidden=(8, 0)), "hidden must be positive widths (or empty for a linear map), got [8, 0]"),
+    (dict(decoder_hidden=(-1,)), "decoder_hidden must be positive widths"),
+    (dict(likelihood_scale=float("nan")), "likelihood_scale must be a finite number > 0, got nan"),
+    (dict(event_shape=()), "event_shape must be the shape of one data point"),
+    (dict(event_shape=(1, 0, 4)), "event_shape must hold positive integers, got (1, 0, 4)"),
+    (dict(prior="flow"), "unknown --prior 'flow'"),
+]
+
+
+@pytest.mark.parametrize("kw,expect", BUILD, ids=[str(k) for k, _ in BUILD])
+def test_build_vae_refuses_impossible_sizes(kw, expect):
+    from pyro_vae import build_vae
+
+    kw = {"event_shape": (1, 4, 4), **kw}
+    with pytest.raises(ConfigError) as info:
+        build_vae(kw.pop("event_shape"), **kw)
+    assert expect in str(info.value)
