@@ -15,14 +15,30 @@ DPI = 100
 MIN_TILE_PIXELS = 96  # each image is drawn at least this many pixels wide
 
 
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """Any batch of data points as pictures ``(n, C, H, W)`` with C = 1 or 3: ``(n, C, H, W)`` as it
+    is (C other than 1 or 3: the first channel, in grey), ``(n, H, W)`` as grey images, flat ``(n, D)``
+    as a grey square when D is one, else as a one-pixel-high strip."""
+    if x.dim() == 2:
+        side = math.isqrt(x.shape[1])
+        x = x.reshape(len(x), 1, side, side) if side * side == x.shape[1] else x.reshape(len(x), 1, 1, -1)
+    elif x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif x.dim() > 4:
+        x = x.reshape(len(x), -1, *x.shape[-2:])
+    if x.shape[1] not in (1, 3):
+        x = x[:, :1]
+    return x
+
+
 def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """``(n, C, H, W)`` in [0, 1] -> an ``(H', W', 3)`` array for imshow, 2-pixel grey gutters."""
-    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
+    """Data points in [0, 1] (:func:`as_images`) -> an ``(H', W', 3)`` array for imshow, 2-pixel grey gutters."""
+    grid = make_grid(as_images(images.detach()).float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
     return grid.permute(1, 2, 0)
 
 
 def _scale(images: torch.Tensor) -> int:
-    return max(1, math.ceil(MIN_TILE_PIXELS / max(images.shape[-2:])))
+    return max(1, math.ceil(MIN_TILE_PIXELS / max(as_images(images).shape[-2:])))
 
 
 def _figure(grids: Sequence[tuple[torch.Tensor, str]], scale: int, title: str, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Exact resume, safe checkpoints, clean stops, the non-finite guard, and one-line errors."""
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -322,6 +323,16 @@ BAD_DATA = [
         dict(net="conv"),
         "--net conv needs images shaped (channels, height, width), got (64,); use --net mlp",
     ),
+    (
+        dict(train=make_tiny_data().train.numpy()),
+        {},
+        "the training images must be a torch tensor, got ndarray; wrap them: torch.from_numpy(array)",
+    ),
+    (
+        dict(test=make_tiny_data().test.tolist()),
+        {},
+        "the test images must be a torch tensor, got list; wrap them: torch.as_tensor(...)",
+    ),
 ]
 
 
@@ -332,3 +343,20 @@ def test_bad_data_gives_one_line_before_any_work(change, settings, message, tmp_
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 8, 8), (8, 8), (64,), (60,), (2, 4, 8)],
+    ids=["CHW", "HW", "flat-square", "flat-strip", "two-channels"],
+)
+def test_data_of_any_shape_trains_and_draws_its_pictures(tmp_path, shape):
+    # the MLP takes any event shape; the epoch pictures show each as grey images or a strip, never crash
+    d = make_tiny_data()
+    n = math.prod(shape)
+    train_x = d.train.reshape(len(d.train), -1)[:, :n].reshape(len(d.train), *shape)
+    test_x = d.test.reshape(len(d.test), -1)[:, :n].reshape(len(d.test), *shape)
+    result = train(cfg(tmp_path, epochs=1), data=_data(train=train_x, test=test_x))
+    assert math.isfinite(result.metrics[-1]["test_loss"])
+    pictures = sorted(p.name for p in (result.run_dir / "images").iterdir())
+    assert pictures == ["reconstructions_epoch0001.png", "samples_epoch0001.png"]

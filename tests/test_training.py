@@ -10,6 +10,8 @@ from pyro_vae import TrainConfig, build_vae, heldout_loss, load_run, train
 from pyro_vae.config import RUN_RECORD_KEYS
 from pyro_vae.errors import ConfigError
 
+from conftest import make_tiny_data
+
 
 def tiny_config(tmp_path, name="run", **kw) -> TrainConfig:
     base = dict(epochs=2, batch_size=32, z_dim=3, hidden=(24,), progress=False, out=str(tmp_path / name))
@@ -152,3 +154,30 @@ def test_time_limit_ends_the_run_after_the_epoch_that_passes_it(tmp_path, tiny_d
     assert (tmp_path / "run" / "checkpoints" / "epoch0001.pt").exists()
     with pytest.raises(ConfigError, match="--time-limit must be a finite number > 0"):
         TrainConfig(time_limit=float("inf")).validate()
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    # the default --out names a run by the second it started: a loop over settings must not collide
+    import datetime as dt
+
+    import pyro_vae.training.setup as setup
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(setup, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    data = make_tiny_data()
+    dirs = [
+        train(TrainConfig(epochs=1, batch_size=32, z_dim=2, hidden=(8,), progress=False, prior=p), data=data).run_dir
+        for p in ("normal", "laplace", "normal")
+    ]
+    base = "runs/mnist-mlp-mc-20260102-030405"
+    assert [str(d) for d in dirs] == [base, f"{base}-2", f"{base}-3"]
+    assert [json.loads((tmp_path / d / "config.json").read_text())["prior"] for d in dirs] == [
+        "normal",
+        "laplace",
+        "normal",
+    ]

@@ -65,12 +65,22 @@ def describe_objective(vae: VAE, config: TrainConfig) -> str:
 
 
 def _default_out(config: TrainConfig) -> str:
-    return f"runs/{config.dataset}-{config.net}-{config.elbo}-{datetime.now():%Y%m%d-%H%M%S}"
+    """``runs/<dataset>-<net>-<elbo>-<date>-<time>``, with ``-2``, ``-3``, ... when runs started in the
+    same second (a notebook loop over settings) would otherwise share it."""
+    base = f"runs/{config.dataset}-{config.net}-{config.elbo}-{datetime.now():%Y%m%d-%H%M%S}"
+    out, n = base, 1
+    while Path(out).exists():
+        n += 1
+        out = f"{base}-{n}"
+    return out
 
 
 def check_image_data(data: ImageData) -> None:
     """Refuse data that cannot be trained on, with one line naming the problem and the fix."""
     for name, x in (("training", data.train), ("test", data.test)):
+        if not torch.is_tensor(x):
+            fix = "torch.from_numpy(array)" if type(x).__module__ == "numpy" else "torch.as_tensor(...)"
+            raise DataError(f"the {name} images must be a torch tensor, got {type(x).__name__}; wrap them: {fix}")
         if len(x) == 0:
             raise DataError(f"the {name} set is empty; check --limit-train/--limit-test and the data folder")
     if data.train.dtype != torch.uint8:
