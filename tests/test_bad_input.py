@@ -554,7 +554,9 @@ def test_hierarchy_options(idx_root, tmp_path, capsys, argv, expect):
 
 def _api_cases():
     import numpy as np
+    from pyro.infer import Trace_ELBO
 
+    from pyro_vae import heldout_loss
     from pyro_vae.evaluate import active_units, elbo_terms, evaluate, importance_log_likelihood
 
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
@@ -590,10 +592,12 @@ def _api_cases():
         (lambda v: active_units(v, x[:0]), DataError, "no images to score"),
         (lambda v: evaluate(v, x, [np.int64(0)]), ValueError, "numbers of samples must be integers >= 1"),
         (lambda v: evaluate(v, x.reshape(6, 16), [5]), DataError, "this model scores (N, 1, 4, 4)"),
+        (lambda v: heldout_loss(v, Trace_ELBO(), x[:0]), DataError, "no images to score (N = 0)"),
+        (lambda v: heldout_loss(v, Trace_ELBO(), x.numpy()), DataError, "must be a torch tensor"),
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(17))
 def test_the_evaluation_functions_refuse_bad_arguments_in_one_line(case):
     from pyro_vae import build_vae
 

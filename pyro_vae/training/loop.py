@@ -20,7 +20,11 @@ def heldout_loss(vae: VAE, elbo: Any, x: torch.Tensor, batch_size: int = 1000) -
     """The objective's loss per data point (nats) over ``x`` with KL weight 1: the negative ELBO
     (one z draw per point) for ``Trace_ELBO``/``TraceMeanField_ELBO``, −L_K for the IWAE bound.
 
-    Under torchrun each rank scores its own contiguous share of ``x`` and the sums are all-reduced."""
+    Under torchrun each rank scores its own contiguous share of ``x`` and the sums are all-reduced.
+    ``x`` is checked and converted as the evaluation functions do (:func:`pyro_vae.evaluate.prepare_inputs`)."""
+    from pyro_vae.evaluate import prepare_inputs
+
+    x = prepare_inputs(vae, x, batch_size)
     total = torch.zeros((), device=x.device)
     mine = x[shard(len(x))]
     weight, vae.kl_weight = vae.kl_weight, 1.0
