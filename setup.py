@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pyro_vae", "pyro_vae.*"]),
+    package_data={"pyro_vae.recipes": ["*.json"]},  # the recipes ship with the package
     python_requires=">=3.10",
     install_requires=[
         "pyro-ppl>=1.9",
@@ -24,6 +25,7 @@ setup(
             "pyro-vae-train=pyro_vae.cli:train_main",
             "pyro-vae-evaluate=pyro_vae.cli:evaluate_main",
             "pyro-vae-benchmark=pyro_vae.cli:benchmark_main",
+            "pyro-vae-reproduce=pyro_vae.cli:reproduce_main",
         ],
     },
 )

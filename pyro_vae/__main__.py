@@ -1,11 +1,11 @@
-"""``python -m pyro_vae train|evaluate|benchmark [flags]``: the three commands in one entry point."""
+"""``python -m pyro_vae train|evaluate|benchmark|reproduce [flags]``: the four commands in one entry point."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("train", "evaluate", "benchmark")
+COMMANDS = ("train", "evaluate", "benchmark", "reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -13,13 +13,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m pyro_vae {train,evaluate,benchmark} [flags]; add --help after a command for its flags")
+        print(f"usage: python -m pyro_vae {{{','.join(COMMANDS)}}} [flags]; add --help after a command for its flags")
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    entry = {"train": cli.train_main, "evaluate": cli.evaluate_main, "benchmark": cli.benchmark_main}[command]
+    entry = {
+        "train": cli.train_main,
+        "evaluate": cli.evaluate_main,
+        "benchmark": cli.benchmark_main,
+        "reproduce": cli.reproduce_main,
+    }[command]
     return entry(rest)
 
 

@@ -107,6 +107,14 @@ def train_parser() -> argparse.ArgumentParser:
     a("--epochs", type=_int, default=d.epochs, help="passes over the training set (default %(default)s)")
     a("--batch-size", type=_int, default=d.batch_size, help="images per SVI step (default %(default)s)")
     a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
+    a(
+        "--lr-milestones",
+        type=_int,
+        nargs="+",
+        default=d.lr_milestones,
+        help="epochs after which the learning rate is multiplied by --lr-gamma (e.g. 200 350)",
+    )
+    a("--lr-gamma", type=float, default=d.lr_gamma, help="factor at each --lr-milestones epoch (default %(default)s)")
     a("--clip-grad", type=float, default=d.clip_grad, help="clip the gradient norm to this value")
     a("--validation", type=_int, default=d.validation, help="hold out the last N training images to pick best.pt")
     a("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR from its last checkpoint (with --epochs)")
@@ -432,5 +440,74 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"could not write {out} ({exc.strerror or exc}); the figures are printed above") from None
         print(f"wrote {out}")
+
+    return _run(go)
+
+
+def reproduce_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="pyro-vae-reproduce",
+        description="Train a published recipe and score it with the paper's protocol: one row beside the "
+        "paper's number. Running it again on the same --out resumes or re-scores the run.",
+    )
+    a = p.add_argument
+    a("names", nargs="*", metavar="NAME", help="recipe names (see --list); 'families' means every model family")
+    a("--list", action="store_true", help="show every recipe with its reference number and exit")
+    a("--minutes", type=float, default=None, help="training budget of this call, wall-clock minutes (default: none)")
+    a("--data-dir", default=None, help="the dataset's root (default: the run's, or ./data)")
+    a("--no-download", dest="download", action="store_false", help="fail instead of downloading missing files")
+    a("--out", default=None, help="run folder, for one NAME (default runs/reproduce-NAME)")
+    a("--no-train", dest="train", action="store_false", help="score the run in --out as it stands")
+    a("--device", choices=DEVICES, default="auto", help="default %(default)s")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    a("--table", default=None, help="also write the rows to this JSON file")
+    return p
+
+
+def reproduce_main(argv: Sequence[str] | None = None) -> int:
+    """``pyro-vae-reproduce``: recipes to results-table rows."""
+    parser = reproduce_parser()
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from dataclasses import asdict
+
+        from pyro_vae.files import check_writable_file, write_atomic
+        from pyro_vae.recipes import get_recipe, recipes
+        from pyro_vae.recipes.reproduce import format_list, format_rows, reproduce
+
+        if args.list:
+            print(format_list())
+            return
+        if not args.names:
+            raise ConfigError("name a recipe (python -m pyro_vae reproduce --list shows them), e.g. vae-static-mnist")
+        names: list[str] = []
+        for name in args.names:
+            more = [r.name for r in recipes().values() if r.family] if name == "families" else [get_recipe(name).name]
+            names += [n for n in more if n not in names]
+        if args.out is not None and len(names) > 1:
+            raise ConfigError(f"--out names one run folder; drop it to run {len(names)} recipes in runs/reproduce-NAME")
+        if args.table is not None:
+            check_writable_file(args.table, flag="--table", example="results.json")
+        rows = []
+        for name in names:
+            rows.append(
+                reproduce(
+                    name,
+                    minutes=args.minutes,
+                    data_dir=args.data_dir,
+                    download=args.download,
+                    out=args.out,
+                    device=args.device,
+                    train=args.train,
+                    progress=args.progress,
+                )
+            )
+            print(format_rows(rows[-1:]), flush=True)
+        if len(rows) > 1:
+            print(format_rows(rows))
+        if args.table is not None:
+            text = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
+            write_atomic(args.table, lambda f: f.write(text.encode()))
 
     return _run(go)

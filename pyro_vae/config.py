@@ -54,6 +54,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128  # 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)
     lr: float = 1e-3  # Adam step size
+    lr_milestones: tuple[int, ...] | None = None  # epochs after which the step size is multiplied by lr_gamma
+    # (torch's MultiStepLR by epoch; the papers' schedules: pythae's 200 350 500 ..., IWAE's 3**i stages)
+    lr_gamma: float = 0.1  # factor applied at each milestone; 10**(-1/5) in pythae's, 10**(-1/7) in IWAE's
     clip_grad: float | None = None  # clip the gradient norm to this; None leaves gradients alone
     elbo: str = "mc"  # "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
     particles: int = 5  # K of the importance-weighted bound (--elbo iwae)
@@ -77,6 +80,12 @@ class TrainConfig:
     time_limit: float | None = None  # minutes: end after the first epoch that passes it (runs on a budget)
     progress: bool = True  # tqdm bar with loss and images/s
     out: str | None = None  # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
+
+    def lr_at(self, epoch: int) -> float:
+        """The step size of epoch ``epoch + 1`` (``epoch`` epochs done): ``lr`` times ``lr_gamma`` for every
+        milestone already passed. A function of the epoch alone, so a resumed run needs no scheduler state."""
+        passed = sum(1 for m in self.lr_milestones or () if epoch >= m)
+        return self.lr * self.lr_gamma**passed
 
     def hierarchy(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``--model ladder``'s (latents, hidden): the given ones, or the ladder paper's MNIST set-up
@@ -135,7 +144,7 @@ class TrainConfig:
             raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
         if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
             raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
-        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents"):
+        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones"):
             value = getattr(self, name)
             if value is not None and (not value or any(v <= 0 for v in value)):
                 raise ConfigError(f"{_flag(name)} must be one or more positive integers, got {list(value)}")
@@ -167,6 +176,17 @@ class TrainConfig:
         if self.out is not None and not str(self.out).strip():
             raise ConfigError("--out is empty; pass a folder name, or leave --out out for runs/<name>-<time>")
         _finite_positive("lr", self.lr, "e.g. --lr 1e-3")
+        _finite_positive("lr_gamma", self.lr_gamma, "e.g. --lr-gamma 0.5")
+        if self.lr_milestones is not None:
+            if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+                raise ConfigError(
+                    f"--lr-milestones must be increasing epochs, got {list(self.lr_milestones)}; "
+                    "e.g. --lr-milestones 200 350"
+                )
+            if self.cuda_graphs:
+                raise ConfigError(
+                    "--lr-milestones cannot change the step size of a captured --cuda-graphs step; drop one of them"
+                )
         if self.clip_grad is not None:
             _finite_positive("clip_grad", self.clip_grad, "e.g. --clip-grad 100")
         if self.time_limit is not None:
@@ -290,10 +310,10 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tuple[int, ...]": (tuple, list),
     "tuple[int, ...] | None": (tuple, list, type(None)),
 }
-_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides", "latents")
+_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones")
 
 # what a run folder's config.json holds besides the settings
-RUN_RECORD_KEYS = ("objective", "versions", "data", "custom", "world_size")
+RUN_RECORD_KEYS = ("objective", "versions", "data", "custom", "world_size", "recipe")
 
 
 __all__ = ["DATASETS", "DEVICES", "ELBOS", "LIKELIHOOD_NAMES", "NETS", "PRIOR_NAMES", "SCHEDULES", "TrainConfig"]

@@ -38,10 +38,14 @@ def same_parameters(a: Path, b: Path) -> bool:
     return all(torch.equal(x, y) for x, y in zip(va.state_dict().values(), vb.state_dict().values(), strict=True))
 
 
-@pytest.mark.parametrize("elbo,schedule", [("mc", "constant"), ("analytic", "linear"), ("iwae", "constant")])
-def test_resume_after_epoch_2_equals_a_straight_run(tmp_path, elbo, schedule):
+@pytest.mark.parametrize(
+    "elbo,schedule,milestones",
+    [("mc", "constant", None), ("analytic", "linear", None), ("iwae", "constant", None), ("mc", "constant", (1, 2))],
+)
+def test_resume_after_epoch_2_equals_a_straight_run(tmp_path, elbo, schedule, milestones):
     data = make_tiny_data()
-    kw = dict(elbo=elbo, kl_schedule=schedule, warmup=2, particles=3)
+    # milestones (1, 2): the step size changes in both halves, the second time right at the resume
+    kw = dict(elbo=elbo, kl_schedule=schedule, warmup=2, particles=3, lr_milestones=milestones, lr_gamma=0.5)
     straight = train(cfg(tmp_path, "straight", **kw), data=data).run_dir
     first = train(cfg(tmp_path, "split", epochs=2, **kw), data=data).run_dir
     resume(first, epochs=3, data=data)

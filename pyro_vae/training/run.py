@@ -112,6 +112,7 @@ def resume(
     *,
     epochs: int | None = None,
     progress: bool | None = None,
+    time_limit: float | str | None = "keep",
     data: ImageData | None = None,
     **parts: torch.nn.Module,
 ) -> TrainResult:
@@ -121,12 +122,14 @@ def resume(
 
     :param epochs: train to this many epochs in all (default: the run's own ``epochs``).
     :param progress: override the run's progress-bar setting.
+    :param time_limit: minutes this continuation may train (``None``: no limit; default ``"keep"``,
+        the run's own ``time_limit``, counted afresh from the resume).
     :param data: the same images the run was started with, when it was not loaded by name; data
         whose fingerprint differs from the run's record are refused.
     :param parts: the custom modules the run was trained with (``prior=...`` etc.), freshly built.
     """
     with agreed("to resume"):
-        run, state = _prepare_resume(run_dir, epochs, progress, data, parts)
+        run, state = _prepare_resume(run_dir, epochs, progress, data, parts, time_limit)
     return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
 
 
@@ -136,6 +139,7 @@ def _prepare_resume(
     progress: bool | None,
     data: ImageData | None,
     parts: dict[str, torch.nn.Module],
+    time_limit: float | str | None = "keep",
 ) -> tuple[Run, dict]:
     saved = read_run_json(run_dir)
     config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
@@ -145,8 +149,15 @@ def _prepare_resume(
         config,
         epochs=config.epochs if epochs is None else epochs,
         progress=config.progress if progress is None else progress,
+        time_limit=config.time_limit if time_limit == "keep" else time_limit,
         out=str(run_dir),
     )
+    if config.time_limit is not None and (
+        isinstance(config.time_limit, bool)
+        or not isinstance(config.time_limit, (int, float))
+        or not (math.isfinite(config.time_limit) and config.time_limit > 0)
+    ):
+        raise ConfigError(f"time_limit must be a finite number of minutes > 0, got {config.time_limit!r}")
     record, custom = saved.get("data") or {}, saved.get("custom") or {}
     missing_parts(custom, parts, run_dir, "resume")
     if record.get("source") == "memory" and data is None:
@@ -270,6 +281,8 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     with _StopRequests() as stop:
         while epoch < config.epochs:
             vae.train()
+            for group in run.optimizer.param_groups:  # --lr-milestones: the step size is a function of the epoch
+                group["lr"] = config.lr_at(epoch)
             if position is None:
                 perm, start, carried, elapsed = run.batches.permutation(), 0, 0.0, 0.0
             else:
