@@ -1,6 +1,5 @@
 """pyro_vae: variational autoencoders as Pyro models and guides, trained with SVI."""
 
-from pyro_vae.checkpoint import CheckpointError, load_run
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, binarize, load_data
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
@@ -27,7 +26,7 @@ from pyro_vae.priors import (
     VampPrior,
     build_prior,
 )
-from pyro_vae.runs import LoadedRun, RunError, load_run_and_data
+from pyro_vae.runs import CheckpointError, LoadedRun, RunError, load_run, load_run_and_data
 from pyro_vae.training import Interrupted, NonFiniteLoss, TrainResult, heldout_loss, resume, train
 
 __version__ = "0.1.0"

@@ -310,8 +310,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     def go() -> None:
         from pyro_vae.config import check_seed
         from pyro_vae.distributed import agreed, device_for, world
-        from pyro_vae.evaluate import MAX_K, check_results_file, evaluate, format_table, record_results
-        from pyro_vae.runs import load_run_and_data
+        from pyro_vae.evaluate import MAX_K, evaluate, format_table
+        from pyro_vae.runs import load_run_and_data, results
         from pyro_vae.training import resolve_device
 
         for name in ("batch_size", "elbo_particles"):
@@ -335,7 +335,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                 limit=args.limit,
             )
             if main:
-                check_results_file(out)  # before the work, not after
+                results.check_results_file(out)  # before the work, not after
         # under torchrun every rank scores its share of the images; each gets the whole result
         result = evaluate(
             loaded.vae,
@@ -366,7 +366,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         )
         print(format_table(result), flush=True)
         try:
-            record_results(out, result)
+            results.record_results(out, result)
         except OSError as exc:
             raise ConfigError(
                 f"could not add the results to {out} ({exc.strerror or exc}); the figures are printed above"

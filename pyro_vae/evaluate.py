@@ -16,14 +16,12 @@ extra ``pyro.plate("particles")`` to the left of the model's plates.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import pyro
 import torch
@@ -34,7 +32,6 @@ from tqdm import tqdm
 
 from pyro_vae.distributed import derive_seed, gather_cat, gather_objects, shard
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.files import check_writable_file, write_atomic
 from pyro_vae.models import VAE
 
 # decoder outputs per chunk of the IS estimator (samples x images x pixels): 2**22 (16 MB of float32)
@@ -461,101 +458,3 @@ def format_table(result: dict) -> str:
 # the most importance samples per image an evaluation takes: K = 10^6 over 10,000 images is about
 # 200 times the K = 5000 pass, already days on a CPU
 MAX_K = 10**6
-
-# what makes two evaluations the same: their numbers are merged (new K added, ELBO rows replaced)
-RESULT_KEY = ("split", "checkpoint", "epoch", "limit", "seed", "elbo_particles")
-
-
-def _read_results(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{path} exists but is not an evaluation file ({type(exc).__name__}); move it away or pass --out"
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("evaluations"), list):
-        return data["evaluations"]
-    if isinstance(data, dict) and "nll" in data and "split" in data:  # one result, as written before
-        return [data]
-    raise ConfigError(f"{path} exists but is not an evaluation file; move it away or pass --out")
-
-
-def check_results_file(path: str | Path) -> None:
-    """Refuse, before any work, a results file that cannot be read back or written."""
-    check_writable_file(path)
-    _read_results(path)
-
-
-def record_results(path: str | Path, result: dict) -> dict:
-    """Add ``result`` to the results file ``path`` (``eval.json``), kept per split, checkpoint, limit,
-    seed and K: an evaluation of the same kind merges its K values into the earlier entry, any
-    other is added beside it, so a ``--split train`` run never replaces the test results.
-
-    :returns: the entry as stored.
-    """
-    path = Path(path)
-    entries = _read_results(path)
-    key = tuple(result.get(k) for k in RESULT_KEY)
-    for entry in entries:
-        if tuple(entry.get(k) for k in RESULT_KEY) == key:
-            nll = {**entry.get("nll", {}), **result["nll"]}
-            entry.update(result)
-            entry["nll"] = dict(sorted(nll.items(), key=lambda kv: int(kv[0])))
-            stored = entry
-            break
-    else:
-        entries.append(result)
-        stored = result
-    text = json.dumps({"evaluations": entries}, indent=2) + "\n"
-    write_atomic(path, lambda f: f.write(text.encode()))
-    return stored
-
-
-def read_results(path: str | Path) -> list[dict]:
-    """Every evaluation stored in a results file (``eval.json``)."""
-    return _read_results(Path(path))
-
-
-def estimator_variance(vae: VAE, elbo, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, float]:
-    """Spread of an ELBO estimator at fixed parameters: ``draws`` independent evaluations of the
-    loss and of its gradient on the batch ``x``.
-
-    :returns: ``loss_mean`` and ``loss_var`` (per image), and ``grad_var``: the summed variance of
-        every gradient coordinate (the trace of the gradient's covariance), for the whole batch.
-    """
-    params = [p for p in vae.parameters() if p.requires_grad]
-    losses, grads = [], []
-    with seeded(seed, x.device):
-        for _ in range(draws):
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
-            g = torch.autograd.grad(loss, params)
-            losses.append(loss.detach() / len(x))
-            grads.append(torch.cat([t.reshape(-1) for t in g]))
-    lv = torch.stack(losses).double()
-    gv = torch.stack(grads).double()
-    return {"loss_mean": lv.mean().item(), "loss_var": lv.var().item(), "grad_var": gv.var(0).sum().item()}
-
-
-def elbo_term_covariance(vae: VAE, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, float]:
-    """Why the Monte-Carlo-KL loss can have *lower* variance than the closed-form one: per image, over
-    ``draws`` independent z ~ q(z|x), the variance of the reconstruction term r = log p(x|z), of the
-    Monte-Carlo KL k = log q(z|x) − log p(z), and their covariance. ``Trace_ELBO``'s estimate r − k has
-    variance Var r + Var k − 2 Cov(r, k); ``TraceMeanField_ELBO``'s, r − KL, has Var r. Each value is
-    averaged over the images of ``x``.
-    """
-    rs, ks = [], []
-    for d in range(draws):
-        r, k, _ = elbo_terms(vae, x, analytic_kl=False, seed=seed + d)
-        rs.append(r)
-        ks.append(k)
-    r, k = torch.stack(rs).double(), torch.stack(ks).double()  # (draws, N)
-    cov = ((r - r.mean(0)) * (k - k.mean(0))).sum(0) / (draws - 1)
-    return {
-        "var_reconstruction": r.var(0).mean().item(),
-        "var_mc_kl": k.var(0).mean().item(),
-        "cov_reconstruction_mc_kl": cov.mean().item(),
-        "var_mc_elbo": (r - k).var(0).mean().item(),
-        "var_analytic_elbo": r.var(0).mean().item(),
-    }

@@ -107,7 +107,7 @@ def plot_estimator_variance(stats: Mapping[str, Mapping[str, float]], axes: Sequ
 
 
 def plot_term_covariance(cov: Mapping[str, float], ax: Axes | None = None) -> Axes:
-    """The per-image variance decomposition of :func:`pyro_vae.evaluate.elbo_term_covariance`:
+    """The per-image variance decomposition of :func:`pyro_vae.studies.elbo_term_covariance`:
     Var[MC ELBO] = Var r + Var k − 2 Cov(r, k), against Var[analytic ELBO] = Var r. Linear axis from 0."""
     ax = _axes(ax, (7, 3.5))
     labels = ["Var r", "Var k", "−2 Cov(r, k)", "Var(r − k)\nTrace_ELBO", "Var(r − KL)\nTraceMeanField"]

@@ -376,12 +376,12 @@ def test_evaluate_refuses_before_the_work(trained, tmp_path, idx_root, capsys, c
 
 
 def test_a_results_file_that_fails_at_the_end_keeps_the_figures_on_screen(trained, capsys, monkeypatch):
-    import pyro_vae.evaluate
+    import pyro_vae.runs.results
 
     def full_disk(path, result):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pyro_vae.evaluate, "record_results", full_disk)
+    monkeypatch.setattr(pyro_vae.runs.results, "record_results", full_disk)
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
     code = evaluate_main([str(trained), "--k", "2", "--no-progress"])
     captured = capsys.readouterr()

@@ -15,11 +15,10 @@ import pytest
 import torch
 from dist_workers import elbo_of, step_batch, step_model, step_seed
 
-from pyro_vae.checkpoint import read_checkpoint
 from pyro_vae.data import ShardedBatches
 from pyro_vae.distributed import shard
 from pyro_vae.evaluate import elbo_terms, importance_log_likelihood
-from pyro_vae.runs import read_metrics
+from pyro_vae.runs import read_checkpoint, read_metrics
 
 from conftest import ROOT, make_idx_root
 

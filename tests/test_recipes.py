@@ -15,10 +15,10 @@ import pyro_vae.recipes as recipes_module
 from pyro_vae.cli import reproduce_main, train_main
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import read_results
-from pyro_vae.models.vae import build_vae_from_config
+from pyro_vae.models import build_vae_from_config
 from pyro_vae.recipes import FREE_SETTINGS, Recipe, differences, get_recipe, recipes
 from pyro_vae.recipes.reproduce import ROW_FILE, format_rows, make_row, reproduce
+from pyro_vae.runs import read_results
 
 from conftest import ROOT, make_idx_root
 

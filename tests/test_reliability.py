@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from pyro_vae import TrainConfig, load_run, train
-from pyro_vae.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from pyro_vae.cli import train_main
 from pyro_vae.data import ImageData
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.runs import CheckpointError, read_checkpoint, save_checkpoint
 from pyro_vae.training import Interrupted, NonFiniteLoss, resume
 
 from conftest import ROOT, make_tiny_data
@@ -134,7 +134,7 @@ def test_truncated_and_incompatible_checkpoints_name_the_problem(tmp_path):
         resume(run, epochs=2, data=data)
     assert "was saved with z_dim=5 but the run asks for z_dim=3" in str(info.value)
     from pyro_vae import build_vae
-    from pyro_vae.checkpoint import load_model_state
+    from pyro_vae.runs.checkpoint import load_model_state
 
     theirs = read_checkpoint(other / "checkpoints" / "last.pt")
     with pytest.raises(CheckpointError) as info:

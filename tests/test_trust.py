@@ -342,10 +342,12 @@ def test_python_dash_m_runs_each_command(idx_root, tmp_path):
     assert p.returncode == 0 and "IS K=2" in p.stdout, p.stderr
     p = m("benchmark", "--help")
     assert p.returncode == 0 and "pyro-vae-benchmark" in p.stdout
+    p = m("reproduce", "--list")
+    assert p.returncode == 0 and "vae-static-mnist" in p.stdout, p.stderr
     p = m("fly")
     assert (
         p.returncode == 2
-        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, benchmark"
+        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, benchmark, reproduce"
     )
 
 

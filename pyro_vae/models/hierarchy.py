@@ -30,6 +30,7 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE, _full_precision
 from pyro_vae.nets import GaussianHead
+from pyro_vae.priors import build_prior
 
 INFERENCES = ("ladder", "bottom-up")
 # the ladder VAE paper's MNIST set-up, used when --model ladder is given without --latents
@@ -233,8 +234,6 @@ def build_hierarchy(
     """A :class:`HierarchicalVAE` with MLP layers: ``latents[i]`` units in z_{i+1}, ``hidden[i]`` in the
     deterministic layer below it. ``prior`` (a module) or ``prior_name`` picks the top prior;
     ``batch_norm`` adds batch norm to every deterministic layer of the hierarchy."""
-    from pyro_vae.priors import build_prior
-
     if len(latents) != len(hidden):
         raise ConfigError(
             f"a hierarchy needs one --hidden width per latent layer: --latents {' '.join(map(str, latents))} "

@@ -180,7 +180,7 @@ def _check_minutes(minutes: float | None) -> None:
 
 
 def _protocol_checkpoint(run_dir: Path, recipe: Recipe) -> Path:
-    from pyro_vae.checkpoint import latest_checkpoint
+    from pyro_vae.runs import latest_checkpoint
 
     if recipe.checkpoint == "best":
         best = run_dir / "checkpoints" / "best.pt"
@@ -191,7 +191,7 @@ def _protocol_checkpoint(run_dir: Path, recipe: Recipe) -> Path:
 
 def _stored_result(run_dir: Path, checkpoint: Path, epoch: int, recipe: Recipe) -> dict | None:
     """An earlier evaluation in ``eval.json`` made with the recipe's protocol, if any."""
-    from pyro_vae.evaluate import read_results
+    from pyro_vae.runs import read_results
 
     path = run_dir / "eval.json"
     if not path.is_file():
@@ -222,9 +222,8 @@ def score(
 ) -> dict:
     """The recipe's protocol on the run: K importance samples over the whole split with its checkpoint,
     added to the run's ``eval.json`` (an earlier evaluation of the same checkpoint is reused)."""
-    from pyro_vae.checkpoint import read_checkpoint
-    from pyro_vae.evaluate import evaluate, record_results
-    from pyro_vae.runs import load_run_and_data
+    from pyro_vae.evaluate import evaluate
+    from pyro_vae.runs import load_run_and_data, read_checkpoint, record_results
     from pyro_vae.training import resolve_device
 
     checkpoint = _protocol_checkpoint(run_dir, recipe)

@@ -13,8 +13,9 @@ so the finished run is the same, to the last digit on the CPU, as one never inte
 A non-finite loss or gradient stops the run at the next check with the last good state saved.
 """
 
+from pyro_vae.training.guard import NonFiniteLoss
 from pyro_vae.training.loop import EpochProgress, heldout_loss, run_epoch
-from pyro_vae.training.run import Interrupted, NonFiniteLoss, TrainResult, resume, train
+from pyro_vae.training.run import Interrupted, TrainResult, resume, train
 from pyro_vae.training.setup import check_image_data, describe_objective, resolve_device
 
 __all__ = [

@@ -3,10 +3,8 @@ clean stops and the non-finite guard."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -16,27 +14,27 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from tqdm import tqdm
 
-from pyro_vae.checkpoint import (
-    check_compatible,
-    check_resumable,
-    latest_checkpoint,
-    load_model_state,
-    read_checkpoint,
-    restore_param_store,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, ShardedBatches
 from pyro_vae.distributed import agreed, derive_seed, first_given, is_collective_failure, lost_contact
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.models import VAE, build_vae_from_config
-from pyro_vae.runs import (
+from pyro_vae.runs.checkpoint import (
+    check_compatible,
+    check_resumable,
+    checkpoint_config,
+    latest_checkpoint,
+    load_model_state,
+    read_checkpoint,
+    restore_param_store,
+    restore_rng,
+    save_checkpoint,
+    write_epoch_checkpoint,
+)
+from pyro_vae.runs.folder import (
     RunError,
     check_same_data,
     make_run_dir,
@@ -46,6 +44,7 @@ from pyro_vae.runs import (
     write_metrics,
 )
 from pyro_vae.training.graphs import GraphStep, make_capturable
+from pyro_vae.training.guard import snapshot, stop_nonfinite
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.setup import Run, describe_objective, setup_run
 
@@ -56,10 +55,6 @@ class Interrupted(PyroVAEError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-class NonFiniteLoss(PyroVAEError):
-    """The loss or a gradient became NaN or infinite; the last good state was saved."""
 
 
 @dataclass
@@ -169,13 +164,14 @@ def _prepare_resume(
     path = latest_checkpoint(run_dir)
     state = read_checkpoint(path)
     check_resumable(state, path)
-    check_compatible(state, config, path)
+    state_config = checkpoint_config(state, path)
+    check_compatible(state_config, config, path)
     if state["epoch"] >= config.epochs and state["position"] is None:
         raise ConfigError(
             f"{run_dir} has already trained {state['epoch']} of {config.epochs} epochs; "
             f"pass --epochs N with N > {state['epoch']} to go on"
         )
-    if config.kl_schedule == "cyclical" and config.epochs != TrainConfig.from_dict(state["config"]).epochs:
+    if config.kl_schedule == "cyclical" and config.epochs != state_config.epochs:
         raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
     vae = None
     if custom:
@@ -300,11 +296,11 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 leave=False,
             )
             t0 = time.perf_counter()
-            snapshot = _snapshot(run, start, step, carried)
+            snap = snapshot(run, start, step, carried)
 
             def on_check(done: int, at_step: int, total: float, start: int = start) -> None:
-                nonlocal snapshot
-                snapshot = _snapshot(run, start + done, at_step, total)
+                nonlocal snap
+                snap = snapshot(run, start + done, at_step, total)
 
             progress = run_epoch(
                 vae,
@@ -327,7 +323,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             bar.close()
             seconds = elapsed + time.perf_counter() - t0
             if progress.nonfinite:
-                _stop_nonfinite(run, epoch, perm, snapshot, best)
+                stop_nonfinite(run, epoch, perm, snap, best)
             step = progress.step
             done = start + progress.batches
             if progress.stopped and done < len(run.batches):
@@ -420,123 +416,15 @@ def _interrupt(
     )
 
 
-@dataclass
-class _Snapshot:
-    """The state at the last check that found everything finite."""
-
-    batch: int
-    step: int
-    total: float
-    model: dict
-    optimizer: dict
-    rng: dict
-
-
-def _snapshot(run: Run, batch: int, step: int, total: float) -> _Snapshot:
-    return _Snapshot(
-        batch,
-        step,
-        total,
-        {k: v.detach().clone() for k, v in run.vae.state_dict().items()},
-        copy.deepcopy(run.optimizer.state_dict()),
-        copy.deepcopy(rng_state(run.generator)),
-    )
-
-
-def _restore(run: Run, snap: _Snapshot) -> None:
-    run.vae.load_state_dict(snap.model)
-    run.optimizer.load_state_dict(snap.optimizer)
-    restore_rng(snap.rng, run.generator)
-
-
-def _stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, best: float | None) -> None:
-    """Go back to the last good check, replay step by step to find the first bad step, save the
-    state just before it, name the term that went non-finite, and stop."""
-    _restore(run, snap)
-    batch, step, total = snap.batch, snap.step, snap.total
-    x: torch.Tensor | None = None
-    while batch < len(run.batches):
-        before = _snapshot(run, batch, step, total)
-        x = next(run.batches.batches(perm, batch))
-        p = run_epoch(
-            run.vae,
-            run.elbo,
-            run.optimizer,
-            [x],
-            step=step,
-            weight=run.weight,
-            clip=run.config.clip_grad,
-            total=torch.tensor(total if run.world.main else 0.0, device=x.device),
-            objective=run.objective,
-            grad_scale=float(run.world.size),
-        )
-        if p.nonfinite:
-            _restore(run, before)
-            break
-        batch, step, total = batch + 1, p.step, p.total.item()
-    else:  # not reproduced (non-deterministic kernels): keep the last good check
-        _restore(run, snap)
-        batch, step, total, x = snap.batch, snap.step, snap.total, None
-    last = run.run_dir / "checkpoints" / "last.pt"
-    position = {"perm": perm.cpu(), "batch": batch, "total": total, "seconds": 0.0}
-    _save(run, last, run.state(epoch, step, position, best))
-    what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
-    raise NonFiniteLoss(
-        f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
-        f"try a lower --lr (now {run.config.lr:g}), --clip-grad 100, or a KL warm-up (--kl-schedule linear --warmup 1)"
-    )
-
-
-@torch.no_grad()
-def _nonfinite_term(run: Run, x: torch.Tensor, step: int) -> str:
-    """Which ELBO term is NaN/Inf for batch ``x`` with the same z draws as the failed step."""
-    vae = run.vae
-    if len(x) == 0:
-        return "the loss or a gradient on another rank"
-    vae.kl_weight = run.weight(step)
-    with pyro.validation_enabled(False), vae.registration(False):
-        guide_tr = poutine.trace(vae.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
-    recon = sum(s["fn"].log_prob(s["value"]).sum() for s in model_tr.nodes.values() if s.get("is_observed"))
-    kl = sum(
-        guide_tr.nodes[n]["fn"].log_prob(s["value"]).sum() - s["fn"].log_prob(s["value"]).sum()
-        for n, s in model_tr.nodes.items()
-        if s["type"] == "sample" and not s["is_observed"] and n in guide_tr.nodes
-    )
-    bad = [name for name, v in (("the reconstruction term", recon), ("the KL term", kl)) if not torch.isfinite(v)]
-    if not bad:
-        return "a gradient (the loss itself was finite)"
-    return " and ".join(bad)
-
-
 def _write_checkpoints(run: Run, epoch: int, step: int, best: float | None, improved: bool) -> None:
-    """``epochNNNN.pt`` written atomically; ``last.pt`` and (when the selection loss improved)
-    ``best.pt`` as atomic hard links to it; older epoch files pruned to ``keep_checkpoints``."""
+    # every rank builds the state (a collective under torchrun); rank 0 writes it
+    state = run.state(epoch, step, None, best)
     folder = run.run_dir / "checkpoints"
-    path = folder / f"epoch{epoch:04d}.pt"
-    _save(run, path, run.state(epoch, step, None, best))
-    if not run.world.main:
-        return
-    _link(path, folder / "last.pt")
-    if improved:
-        _link(path, folder / "best.pt")
-    if run.config.keep_checkpoints is not None:
-        for old in sorted(folder.glob("epoch*.pt"))[: -run.config.keep_checkpoints]:
-            old.unlink()  # best.pt and last.pt keep their own link to the data
+    write_epoch_checkpoint(
+        folder, epoch, state, improved=improved, keep=run.config.keep_checkpoints, main=run.world.main
+    )
 
 
 def _save(run: Run, path: Path, state: dict) -> None:
-    # every rank built the state (a collective under torchrun); rank 0 writes it
     if run.world.main:
         save_checkpoint(path, state)
-
-
-def _link(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # no hard links on this file system: a second atomic write
-        save_checkpoint(dst, torch.load(src, weights_only=True))
-        return
-    os.replace(tmp, dst)

@@ -1,5 +1,5 @@
-"""Run folders: where a run may be written, what it records about its data and parts, its metrics
-file, and loading a run together with the held-out data it must be scored on.
+"""Run folders: where a run may be written, what it records about its data and parts, its
+``config.json`` and its metrics file.
 
 A run records what it was trained on in ``config.json`` under ``"data"``: the dataset (or
 ``"memory"`` for ``train(config, data=...)``), the absolute data folder, the shape, the data kind,
@@ -16,7 +16,6 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import nn
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.files import write_atomic
+from pyro_vae.models.build import build_vae_from_config
 
 METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
 # the parts a user may pass as modules instead of names
@@ -143,8 +143,6 @@ def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: st
 
 def custom_parts(vae: nn.Module, config: TrainConfig) -> dict[str, str]:
     """The parts of ``vae`` that the names in ``config`` would not rebuild: ``{part: "module.Class"}``."""
-    from pyro_vae.models import build_vae_from_config
-
     custom: dict[str, str] = {}
     names = {"encoder": config.net, "decoder": config.net, "prior": config.prior, "likelihood": config.likelihood}
     named = dc_replace(
@@ -244,96 +242,3 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise RunError(f"{path} is damaged ({exc}); restore it, or move it away to resume with a fresh log") from None
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# a run and the data it is scored on
-
-
-@dataclass
-class LoadedRun:
-    """A trained run and its held-out data, prepared the way its likelihood needs.
-
-    :param x: the split's data prepared for the run's likelihood (binarized with the run's seed for
-        Bernoulli, [0, 1] or 8-bit values otherwise), float32, on the run's device.
-    """
-
-    vae: Any
-    config: TrainConfig
-    state: dict[str, Any]
-    checkpoint: Path
-    split: str
-    x: torch.Tensor
-    labels: torch.Tensor
-
-
-def load_run_and_data(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    checkpoint: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    data_dir: str | None = None,
-    data: Any = None,
-    limit: int | None = None,
-    **parts: nn.Module,
-) -> LoadedRun:
-    """Load a run's model and the held-out data it must be scored on, in one call: what evaluation
-    and the notebooks use, so a run is never scored on data prepared for another likelihood.
-
-    :param split: ``"test"`` (the run's held-out set, binarized once with its own seed where the
-        likelihood is Bernoulli) or ``"train"`` (prepared once with the same seed).
-    :param checkpoint: a checkpoint of this run (default its newest); one of another model or
-        other data is refused.
-    :param data_dir: where the data are now, if they moved (the fingerprints must still match).
-    :param data: the :class:`pyro_vae.data.ImageData` a run trained on in-memory data needs back.
-    :param limit: only the first ``limit`` points of the split.
-    :param parts: the custom modules the run was trained with (``prior=...`` etc.).
-    """
-    from pyro_vae.checkpoint import check_belongs, latest_checkpoint, load_run
-    from pyro_vae.data import load_source, prepare, split_of
-
-    if split not in ("test", "train", "valid"):
-        raise ConfigError(f"unknown split {split!r}; choose test, train or valid")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"--limit must be a positive number of images, got {limit}")
-    saved = read_run_json(run_dir)
-    config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
-    record = saved.get("data")
-    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    vae, _, state = load_run(run_dir, path, device, **parts)
-    check_belongs(state, saved, path, run_dir)
-    if record and record.get("source") == "memory":
-        if data is None:
-            raise RunError(
-                f"{run_dir} was trained on in-memory data ({record.get('name')}, shape {record.get('event_shape')}); "
-                "pass the same data back: load_run_and_data(run, data=...)"
-            )
-    if data is not None:
-        where = "the data passed in"
-        if split == "test":
-            x, labels = data.test, data.test_labels
-            check_same_data(record, fingerprint(x), "test", where, run_dir)
-        else:
-            check_same_data(record, fingerprint(data.train), "train", where, run_dir)
-            g = torch.Generator().manual_seed(config.test_binarization_seed)
-            x, labels = prepare(data.train, vae.data_kind, g, data.binary), data.train_labels
-    else:
-        options = config.data_options()
-        if data_dir is not None:
-            options = dc_replace(options, data_dir=str(Path(data_dir).resolve()))
-        where = options.data_dir
-        raw = load_source(config.dataset, options, config.patches)
-        raw = dc_replace(
-            raw, train=raw.train[: config.limit_train], train_labels=raw.train_labels[: config.limit_train]
-        )
-        if split == "train" and record:
-            check_same_data(record, fingerprint(raw.train), "train", where, run_dir)
-        x, labels = split_of(raw, split, vae.data_kind, config.test_binarization_seed)
-        if split == "test":
-            x, labels = x[: config.limit_test], labels[: config.limit_test]
-            check_same_data(record, fingerprint(x), "test", where, run_dir)
-    if limit is not None:
-        x, labels = x[:limit], labels[:limit]
-    vae.check_data(x, f"{split} images")
-    return LoadedRun(vae, config, state, path, split, x.to(device), labels)

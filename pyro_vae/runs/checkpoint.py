@@ -10,9 +10,10 @@ torch CPU and CUDA, the data generator), and the best validation loss so far.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -22,7 +23,9 @@ from pyro.distributions import constraints
 from pyro_vae.config import TrainConfig
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.files import write_atomic
-from pyro_vae.models import VAE, build_vae_from_config
+
+if TYPE_CHECKING:
+    from pyro_vae.models import VAE
 
 FORMAT_VERSION = 2
 # format 1 (before resume): no RNG states or position; loads for evaluation, cannot resume
@@ -201,9 +204,14 @@ def check_resumable(state: dict[str, Any], path: str | Path) -> None:
         raise CheckpointError(f"{path} is damaged: its optimizer or RNG state is incomplete; use another checkpoint")
 
 
-def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
-    """Raise a one-line :class:`CheckpointError` naming the first model setting that differs."""
-    saved = TrainConfig.from_dict(state["config"], source=str(path))
+def checkpoint_config(state: dict[str, Any], path: str | Path) -> TrainConfig:
+    """The settings a checkpoint was saved with."""
+    return TrainConfig.from_dict(state["config"], source=str(path))
+
+
+def check_compatible(saved: TrainConfig, config: TrainConfig, path: str | Path) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the first model setting in which the checkpoint's
+    settings ``saved`` differ from the run's ``config``."""
     for name in MODEL_FIELDS:
         a, b = getattr(saved, name), getattr(config, name)
         if a != b:
@@ -213,11 +221,20 @@ def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Pat
             )
 
 
-def check_belongs(state: dict[str, Any], run_json: dict[str, Any], path: str | Path, run_dir: str | Path) -> None:
-    """Refuse a checkpoint of another run: a different model, different custom parts or other data."""
-    config = TrainConfig.from_dict(run_json, source=str(Path(run_dir, "config.json")))
+def check_belongs(
+    state: dict[str, Any],
+    saved: TrainConfig,
+    config: TrainConfig,
+    run_json: dict[str, Any],
+    path: str | Path,
+    run_dir: str | Path,
+) -> None:
+    """Refuse a checkpoint of another run: a different model, different custom parts or other data.
+
+    :param saved: the checkpoint's settings; :param config: the run's (both parsed once by the caller).
+    """
     try:
-        check_compatible(state, config, path)
+        check_compatible(saved, config, path)
     except CheckpointError as exc:
         raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: {exc}") from None
     if list(state["event_shape"]) != list((run_json.get("data") or {}).get("event_shape", state["event_shape"])):
@@ -262,32 +279,33 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return found[-1]
 
 
-def load_run(
-    run_dir: str | Path,
-    checkpoint: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    **parts: torch.nn.Module,
-) -> tuple[VAE, TrainConfig, dict[str, Any]]:
-    """Rebuild the trained VAE of a run folder, safely.
+def write_epoch_checkpoint(
+    folder: Path, epoch: int, state: dict[str, Any], *, improved: bool, keep: int | None, main: bool = True
+) -> None:
+    """``epochNNNN.pt`` written atomically; ``last.pt`` and (when the selection loss improved)
+    ``best.pt`` as atomic hard links to it; older epoch files pruned to ``keep``.
 
-    :param run_dir: folder written by :func:`pyro_vae.train`.
-    :param checkpoint: a particular checkpoint file; default ``checkpoints/last.pt``.
-    :param device: where to put the model.
-    :param parts: for a run trained with custom parts, the same modules again: ``prior=``,
-        ``likelihood=``, ``encoder=``, ``decoder=`` (freshly built; their weights are loaded here).
-    :returns: ``(vae, config, checkpoint_dict)``; the VAE is in eval mode.
+    :param main: whether this process writes (under torchrun every rank builds the state, rank 0 writes).
     """
-    from pyro_vae.runs import PARTS, missing_parts
+    if not main:
+        return
+    path = folder / f"epoch{epoch:04d}.pt"
+    save_checkpoint(path, state)
+    link_atomic(path, folder / "last.pt")
+    if improved:
+        link_atomic(path, folder / "best.pt")
+    if keep is not None:
+        for old in sorted(folder.glob("epoch*.pt"))[:-keep]:
+            old.unlink()  # best.pt and last.pt keep their own link to the data
 
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise TypeError(f"load_run() got unknown parts {unknown}; the parts are {', '.join(PARTS)}")
-    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    state = read_checkpoint(path, device)
-    config = TrainConfig.from_dict(state["config"], source=str(path))
-    custom = state.get("custom") or {}
-    missing_parts(custom, parts, run_dir, "load_run")
-    vae = build_vae_from_config(state["event_shape"], config, **parts)
-    load_model_state(vae, state, path)
-    restore_param_store(state["param_store"])
-    return vae.to(device).eval(), config, state
+
+def link_atomic(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src`` by an atomic rename (a copy where hard links are not possible)."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system: a second atomic write
+        save_checkpoint(dst, torch.load(src, weights_only=True))
+        return
+    os.replace(tmp, dst)

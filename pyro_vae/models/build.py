@@ -1,0 +1,129 @@
+"""Building a model from names or settings: :func:`build_vae` (names or modules) and
+:func:`build_vae_from_config` (a :class:`pyro_vae.TrainConfig`), for every model family. The families
+themselves (:mod:`pyro_vae.models.vae`, :mod:`pyro_vae.models.hierarchy`) know nothing of settings."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.models.hierarchy import build_hierarchy
+from pyro_vae.models.vae import VAE
+from pyro_vae.nets import DEFAULT_CONV, ConvSpec, build_networks
+from pyro_vae.priors import build_prior
+
+
+def build_vae(
+    event_shape: Sequence[int],
+    net: str | tuple[nn.Module, nn.Module] = "mlp",
+    z_dim: int = 50,
+    hidden: Sequence[int] = (400,),
+    prior: str | nn.Module = "normal",
+    likelihood: str | nn.Module = "bernoulli",
+    likelihood_scale: float = 0.1,
+    *,
+    decoder_hidden: Sequence[int] | None = None,
+    conv: ConvSpec = DEFAULT_CONV,
+) -> VAE:
+    """A VAE from names or modules.
+
+    :param net: ``"mlp"`` or ``"conv"``, or your own ``(encoder, decoder)`` pair.
+    :param prior: a name of :data:`pyro_vae.priors.PRIORS`, or your own module returning p(z).
+    :param decoder_hidden: MLP decoder widths from z outwards (default: ``hidden`` mirrored).
+    :param conv: the conv stack of ``net="conv"`` (:class:`pyro_vae.nets.ConvSpec`).
+    :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS`, or your own module
+        ``(decoder_output, event_dim) -> p(x|z)``; it should set ``data_kind`` (``"binary"``,
+        ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data`` and ``mean``.
+    """
+    _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
+    if isinstance(net, str):
+        encoder, decoder = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv)
+    else:
+        encoder, decoder = net
+    return VAE(
+        encoder,
+        decoder,
+        build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
+        build_likelihood(likelihood, event_shape, likelihood_scale) if isinstance(likelihood, str) else likelihood,
+        event_shape,
+    )
+
+
+def _check_sizes(
+    event_shape: Sequence[int],
+    z_dim: int,
+    hidden: Sequence[int],
+    decoder_hidden: Sequence[int] | None,
+    likelihood_scale: float,
+) -> None:
+    """One line for sizes no network can have (the settings a :class:`TrainConfig` checks for the CLI)."""
+
+    def count(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
+
+    if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence) or not event_shape:
+        raise ConfigError(f"event_shape must be the shape of one data point, e.g. (1, 28, 28), got {event_shape!r}")
+    if not all(count(d) for d in event_shape):
+        raise ConfigError(f"event_shape must hold positive integers, got {tuple(event_shape)}")
+    if not count(z_dim):
+        raise ConfigError(f"z_dim must be a positive integer, got {z_dim!r}")
+    for name, widths in (("hidden", hidden), ("decoder_hidden", decoder_hidden or ())):
+        if not all(count(w) for w in widths):
+            raise ConfigError(f"{name} must be positive widths (or empty for a linear map), got {list(widths)}")
+    if not (isinstance(likelihood_scale, numbers.Real) and math.isfinite(likelihood_scale) and likelihood_scale > 0):
+        raise ConfigError(f"likelihood_scale must be a finite number > 0, got {likelihood_scale!r}")
+
+
+def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.Module) -> VAE:
+    """The VAE a :class:`pyro_vae.TrainConfig` names, with any of ``encoder``, ``decoder``, ``prior``
+    and ``likelihood`` given as a module in place of its name."""
+    net: Any = config.net
+    if "encoder" in parts or "decoder" in parts or config.net == "custom":
+        default: tuple[Any, Any] = (None, None)
+        if config.net != "custom":
+            default = build_networks(
+                config.net, event_shape, config.z_dim, config.hidden, config.decoder_hidden, config.conv_spec()
+            )
+        net = (parts.get("encoder") or default[0], parts.get("decoder") or default[1])
+    if getattr(config, "model", "vae") == "ladder":
+        return _hierarchy_from_config(event_shape, config, parts)
+    return build_vae(
+        event_shape,
+        net,
+        config.z_dim,
+        config.hidden,
+        parts.get("prior") or config.prior,
+        parts.get("likelihood") or config.likelihood,
+        config.likelihood_scale,
+        decoder_hidden=config.decoder_hidden,
+        conv=config.conv_spec(),
+    )
+
+
+def _hierarchy_from_config(event_shape: Sequence[int], config: Any, parts: dict[str, nn.Module]) -> VAE:
+    if "encoder" in parts or config.net == "custom":
+        raise ConfigError("--model ladder builds its own inference network; pass a decoder, prior or likelihood only")
+    latents, hidden = config.hierarchy()
+    decoder = parts.get("decoder")
+    if decoder is None:
+        # the data's decoder from z_1: the MLP mirrors the first deterministic layer, or the conv stack
+        dec_hidden = config.decoder_hidden if config.decoder_hidden is not None else (hidden[0],)
+        decoder = build_networks(config.net, event_shape, latents[0], (hidden[0],), dec_hidden, config.conv_spec())[1]
+    likelihood = parts.get("likelihood") or build_likelihood(config.likelihood, event_shape, config.likelihood_scale)
+    return build_hierarchy(
+        event_shape,
+        latents,
+        hidden,
+        parts.get("prior"),
+        config.prior,
+        likelihood,
+        decoder,
+        config.inference,
+        batch_norm=getattr(config, "batch_norm", False),
+    )
