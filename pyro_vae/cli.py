@@ -4,6 +4,7 @@ user errors print one line and exit 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pyro_vae.config import DATASETS, DEVICES, ELBOS, LIKELIHOOD_NAMES, NETS, PRIOR_NAMES, SCHEDULES, TrainConfig
+from pyro_vae.config import DEVICES, TrainConfig
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 
@@ -51,107 +52,46 @@ def _given_only(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    """``pyro-vae-train``'s flags: one per :class:`TrainConfig` field, with the field's own help text."""
     p = _Parser(
         prog="pyro-vae-train",
         description="Train a Pyro VAE with SVI on MNIST, Fashion-MNIST, binarized MNIST, CIFAR-10 or your images.",
     )
     a = p.add_argument
     a("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
-    a("--dataset", choices=DATASETS, default=d.dataset, help="dataset (default %(default)s)")
-    a("--data-dir", default=d.data_dir, help="root in torchvision's layout, <dir>/MNIST/raw/ (default %(default)s)")
-    a("--no-download", dest="download", action="store_false", help="fail instead of downloading missing files")
-    a("--image-size", type=_int, default=d.image_size, help="folder: resize the shorter side, centre-crop S x S")
-    a("--channels", type=_int, choices=(1, 3), default=d.channels, help="folder: 1 (grayscale) or 3 (RGB)")
-    a("--test-fraction", type=float, default=d.test_fraction, help="folder: held-out share (default %(default)s)")
-    a("--split-seed", type=_int, default=d.split_seed, help="folder: seed of the held-out split (default %(default)s)")
-    a("--patches", type=_int, default=d.patches, help="cut every image into non-overlapping P x P tiles")
-    a("--cache-dir", default=d.cache_dir, help="folder: where decoded images are cached (default beside them)")
-    a(
-        "--data-placement",
-        choices=("auto", "resident", "stream"),
-        default=d.data_placement,
-        help="training images on the device, or streamed from host memory (default %(default)s: by size)",
-    )
-    a(
-        "--model",
-        choices=("vae", "ladder"),
-        default=d.model,
-        help="one latent layer, or a hierarchy (default %(default)s)",
-    )
-    a(
-        "--inference",
-        choices=("ladder", "bottom-up"),
-        default=d.inference,
-        help="--model ladder: merged top-down (ladder) or q(z1|x) q(z2|z1) ... (default %(default)s)",
-    )
-    a("--latents", type=_int, nargs="+", default=d.latents, help="--model ladder: units per layer, z1 first")
-    a("--batch-norm", action="store_true", help="--model ladder: batch norm in the deterministic layers")
-    a("--free-bits", type=float, default=d.free_bits, help="nats per latent unit each layer keeps free (default 0)")
-    a("--net", choices=NETS, default=d.net, help="encoder/decoder pair (default %(default)s)")
-    a("--z-dim", type=_int, default=d.z_dim, help="latent size (default %(default)s)")
-    a("--hidden", type=_int, nargs="+", default=list(d.hidden), help="MLP hidden widths (default %(default)s)")
-    a("--decoder-hidden", type=_int, nargs="+", default=d.decoder_hidden, help="MLP decoder widths from z out")
-    a("--conv-channels", type=_int, nargs="+", default=list(d.conv_channels), help="conv filters (default %(default)s)")
-    a("--conv-strides", type=_int, nargs="+", default=list(d.conv_strides), help="conv strides (default %(default)s)")
-    a("--conv-kernel", type=_int, default=d.conv_kernel, help="conv kernel size, odd (default %(default)s)")
-    a("--conv-depth", type=_int, default=d.conv_depth, help="N stride-2 layers doubling from 32 filters + dense")
-    a("--prior", choices=PRIOR_NAMES, default=d.prior, help="p(z) (default %(default)s)")
-    a("--likelihood", choices=LIKELIHOOD_NAMES, default=d.likelihood, help="p(x|z) (default %(default)s)")
-    a(
-        "--likelihood-scale",
-        type=float,
-        default=d.likelihood_scale,
-        help="fixed scale of normal/laplace, initial scale of normal-image/-pixel (default %(default)s)",
-    )
-    a("--epochs", type=_int, default=d.epochs, help="passes over the training set (default %(default)s)")
-    a("--batch-size", type=_int, default=d.batch_size, help="images per SVI step (default %(default)s)")
-    a("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s)")
-    a(
-        "--lr-milestones",
-        type=_int,
-        nargs="+",
-        default=d.lr_milestones,
-        help="epochs after which the learning rate is multiplied by --lr-gamma (e.g. 200 350)",
-    )
-    a("--lr-gamma", type=float, default=d.lr_gamma, help="factor at each --lr-milestones epoch (default %(default)s)")
-    a("--clip-grad", type=float, default=d.clip_grad, help="clip the gradient norm to this value")
-    a("--validation", type=_int, default=d.validation, help="hold out the last N training images to pick best.pt")
     a("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR from its last checkpoint (with --epochs)")
-    a(
-        "--elbo",
-        choices=ELBOS,
-        default=d.elbo,
-        help="mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL; iwae: importance-weighted "
-        "bound (default %(default)s)",
-    )
-    a("--particles", type=_int, default=d.particles, help="K for --elbo iwae (default %(default)s)")
-    a("--beta", type=float, default=d.beta, help="KL weight (default %(default)s)")
-    a("--kl-schedule", choices=SCHEDULES, default=d.kl_schedule, help="KL weight schedule (default %(default)s)")
-    a("--warmup", type=float, default=d.warmup, help="linear warm-up length (default %(default)s)")
-    a("--warmup-unit", choices=("epochs", "steps"), default=d.warmup_unit, help="default %(default)s")
-    a("--cycles", type=_int, default=d.cycles, help="cycles of the cyclical schedule (default %(default)s)")
-    a("--device", choices=DEVICES, default=d.device, help="auto: CUDA when present (default %(default)s)")
-    a("--compile", action="store_true", help="torch.compile the encoder and decoder")
-    a("--bf16", action="store_true", help="CUDA: bfloat16 autocast for the networks, densities in float32")
-    a("--cuda-graphs", action="store_true", help="CUDA: capture the whole SVI step as a CUDA graph and replay it")
-    a("--seed", type=_int, default=d.seed, help="seed of init, z draws, shuffling, binarization (default %(default)s)")
-    a(
-        "--test-binarization-seed",
-        type=_int,
-        default=d.test_binarization_seed,
-        help="seed of the one fixed binarization of the test set (default %(default)s)",
-    )
-    a("--limit-train", type=_int, default=d.limit_train, help="use only the first N training images")
-    a("--limit-test", type=_int, default=d.limit_test, help="use only the first N test images")
-    a("--eval-batch-size", type=_int, default=d.eval_batch_size, help="test images per chunk (default %(default)s)")
-    a("--log-every", type=_int, default=d.log_every, help="steps between loss read-outs (default %(default)s)")
-    a("--keep-checkpoints", type=_int, default=d.keep_checkpoints, help="keep only the newest N (default: all)")
-    a("--time-limit", type=float, default=d.time_limit, help="minutes: end after the first epoch past it")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    a("--out", default=d.out, help="run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
+    for f in dataclasses.fields(TrainConfig):
+        _setting_flag(a, f)
     _dist_flag(a)
     return _given_only(p)
+
+
+# settings that are on by default: their flag turns them off
+_OFF_FLAGS = {"download": "--no-download", "progress": "--no-progress"}
+
+
+def _setting_flag(add: Callable[..., Any], f: dataclasses.Field) -> None:
+    """The flag of one setting, from its type, default, help and choices."""
+    text, choices, kind = f.metadata["help"], f.metadata["choices"], str(f.type)
+    if f.name in _OFF_FLAGS:
+        add(_OFF_FLAGS[f.name], dest=f.name, action="store_false", help=text)
+        return
+    if kind == "bool":
+        add(_flag(f.name), action="store_true", help=text)
+        return
+    default = list(f.default) if isinstance(f.default, tuple) else f.default
+    kw: dict[str, Any] = {"default": default, "help": text}
+    if default is not None and "(default" not in text:
+        kw["help"] = f"{text} (default %(default)s)"
+    if kind.startswith("tuple"):
+        kw.update(type=_int, nargs="+")
+    elif kind.startswith("int"):
+        kw["type"] = _int
+    elif kind.startswith("float"):
+        kw["type"] = float
+    if choices is not None:
+        kw["choices"] = choices
+    add(_flag(f.name), **kw)
 
 
 def _dist_flag(add: Callable[..., Any]) -> None:
@@ -409,29 +349,9 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
 
     def go() -> None:
         from pyro_vae.benchmark import format_results, run_benchmark, save
-        from pyro_vae.config import check_seed
-        from pyro_vae.evaluate import MAX_K
         from pyro_vae.files import check_writable_file
 
-        for name in (
-            "batch_size",
-            "warmup_steps",
-            "repeats",
-            "eval_k",
-            "eval_images",
-            "eval_loop_images",
-            "steps",
-            "limit_train",
-            "limit_test",
-            "num_workers",
-        ):
-            value = getattr(cfg, name)
-            if value is not None and value < (0 if name in ("warmup_steps", "num_workers") else 1):
-                at_least = "must be >= 0" if name in ("warmup_steps", "num_workers") else "must be positive"
-                raise PyroVAEError(f"--{name.replace('_', '-')} {at_least}, got {value}")
-        if cfg.eval_k > MAX_K:
-            raise PyroVAEError(f"--eval-k must be at most {MAX_K:,}, got {cfg.eval_k}")
-        check_seed("--seed", cfg.seed)
+        cfg.validate()
         check_writable_file(out, example="benchmark.json")  # before the work, not after
         result = run_benchmark(cfg)
         print(format_results(result), flush=True)  # on screen even if the file write fails after all

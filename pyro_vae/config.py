@@ -15,71 +15,144 @@ from pyro_vae.priors import PRIORS
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
 NETS = ("mlp", "conv")
 DEVICES = ("auto", "cpu", "cuda")
+PLACEMENTS = ("auto", "resident", "stream")
+MODELS = ("vae", "ladder")
+INFERENCES = ("ladder", "bottom-up")
+WARMUP_UNITS = ("epochs", "steps")
 ELBOS = tuple(OBJECTIVES)
 PRIOR_NAMES = tuple(PRIORS)
 LIKELIHOOD_NAMES = tuple(LIKELIHOODS)
+
+
+def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A field of :class:`TrainConfig` with its one description: ``help`` (the command line's text for
+    its flag) and, for a choice, its ``choices``. The command line is built from these."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run; ``config.json`` in the run folder is this, resolved."""
 
-    dataset: str = "mnist"  # a name of pyro_vae.data.DATASETS; pixels are prepared for the likelihood
-    data_dir: str = "./data"  # the dataset's root (torchvision layout), or the image folder for "folder"
-    download: bool = True  # fetch missing files through torchvision; off for air-gapped machines
-    image_size: int | None = None  # folder: resize the shorter side, centre-crop S x S; None: keep sizes
-    channels: int | None = None  # folder: 1 (grayscale) or 3 (RGB); None: 1 only if every image is grayscale
-    test_fraction: float = 0.1  # folder without train/ and test/: share held out, by a hash of each path
-    split_seed: int = 0  # seed of that held-out split; apart from `seed` so the split stays put
-    patches: int | None = None  # cut every image into non-overlapping P x P tiles (texture datasets)
-    cache_dir: str | None = None  # folder: where decoded arrays are cached; None: beside the images
-    data_placement: str = "auto"  # "resident" on the device, "stream" from host memory, "auto": by size
-    model: str = "vae"  # "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy)
-    inference: str = "ladder"  # --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
-    latents: tuple[int, ...] | None = None  # --model ladder: units per layer, z_1 first; None: 64 32 16 8 4
-    batch_norm: bool = False  # --model ladder: batch norm in the deterministic layers (the ladder paper's)
-    free_bits: float = 0.0  # nats per latent unit each layer keeps for free (Kingma et al. 2016); 0: off
-    net: str = "mlp"  # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
-    z_dim: int = 50  # latent size; 50 as in Pyro's VAE example
-    hidden: tuple[int, ...] = (400,)  # MLP hidden widths in encoder order; the decoder mirrors them
-    decoder_hidden: tuple[int, ...] | None = None  # MLP decoder widths from z outwards; None mirrors `hidden`
-    conv_channels: tuple[int, ...] = (32, 64, 64, 64)  # conv filters per layer (seed 000's stack)
-    conv_strides: tuple[int, ...] = (1, 2, 2, 1)  # one stride per conv layer
-    conv_kernel: int = 3  # odd, so "same" padding exists
-    conv_depth: int | None = None  # shortcut: N stride-2 layers doubling from 32 filters, then a dense
-    # layer of hidden[-1] units; overrides conv_channels/conv_strides (large images, seed 001)
-    prior: str = "normal"  # p(z), see pyro_vae.priors.PRIORS ("custom": a module passed to train(vae=...))
-    likelihood: str = "bernoulli"  # p(x|z), see pyro_vae.likelihoods.LIKELIHOODS; decides the data prep
-    likelihood_scale: float = 0.1  # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
-    epochs: int = 10
-    batch_size: int = 128  # 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)
-    lr: float = 1e-3  # Adam step size
-    lr_milestones: tuple[int, ...] | None = None  # epochs after which the step size is multiplied by lr_gamma
-    # (torch's MultiStepLR by epoch; the papers' schedules: pythae's 200 350 500 ..., IWAE's 3**i stages)
-    lr_gamma: float = 0.1  # factor applied at each milestone; 10**(-1/5) in pythae's, 10**(-1/7) in IWAE's
-    clip_grad: float | None = None  # clip the gradient norm to this; None leaves gradients alone
-    elbo: str = "mc"  # "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
-    particles: int = 5  # K of the importance-weighted bound (--elbo iwae)
-    beta: float = 1.0  # KL weight; a reconstruction factor alpha is the same objective as beta = 1/alpha
-    kl_schedule: str = "constant"  # "constant" | "linear" warm-up | "cyclical"; scales the KL up to beta
-    warmup: float = 0  # linear warm-up length, in warmup_unit
-    warmup_unit: str = "epochs"  # "epochs" | "steps"
-    cycles: int = 4  # cyclical schedule: cycles over the whole run
-    device: str = "auto"  # "auto" picks CUDA when torch sees a GPU
-    compile: bool = False  # torch.compile the encoder and decoder (benchmark before turning on)
-    bf16: bool = False  # CUDA only: bfloat16 autocast for the networks; densities stay float32
-    cuda_graphs: bool = False  # CUDA only: capture the whole SVI step once, replay it (launch-bound models)
-    seed: int = 0  # seeds initialisation, z draws, shuffling and the dynamic binarization
-    test_binarization_seed: int = 0  # apart from `seed` so held-out numbers compare across runs
-    limit_train: int | None = None  # first N training images only: quick runs and tests
-    limit_test: int | None = None  # first N test images only
-    validation: int = 0  # last N training images held out to pick best.pt; 0 picks on the test loss
-    eval_batch_size: int = 1000  # held-out loss is computed in chunks this large
-    log_every: int = 50  # steps between reading the loss back from the device (each read syncs)
-    keep_checkpoints: int | None = None  # keep only the newest N epoch checkpoints; None keeps all
-    time_limit: float | None = None  # minutes: end after the first epoch that passes it (runs on a budget)
-    progress: bool = True  # tqdm bar with loss and images/s
-    out: str | None = None  # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
+    # a name of pyro_vae.data.DATASETS; pixels are prepared for the likelihood
+    dataset: str = setting("mnist", "the dataset", choices=DATASETS)
+    # the dataset's root (torchvision layout), or the image folder for "folder"
+    data_dir: str = setting("./data", "root in torchvision's layout, <dir>/MNIST/raw/")
+    # fetch missing files through torchvision; off for air-gapped machines
+    download: bool = setting(True, "fail instead of downloading missing files")
+    # folder: resize the shorter side, centre-crop S x S; None: keep sizes
+    image_size: int | None = setting(None, "folder: resize the shorter side, centre-crop S x S")
+    # folder: 1 (grayscale) or 3 (RGB); None: 1 only if every image is grayscale
+    channels: int | None = setting(None, "folder: 1 (grayscale) or 3 (RGB)", choices=(1, 3))
+    # folder without train/ and test/: share held out, by a hash of each path
+    test_fraction: float = setting(0.1, "folder: held-out share")
+    # seed of that held-out split; apart from `seed` so the split stays put
+    split_seed: int = setting(0, "folder: seed of the held-out split")
+    # cut every image into non-overlapping P x P tiles (texture datasets)
+    patches: int | None = setting(None, "cut every image into non-overlapping P x P tiles")
+    # folder: where decoded arrays are cached; None: beside the images
+    cache_dir: str | None = setting(None, "folder: where decoded images are cached")
+    # "resident" on the device, "stream" from host memory, "auto": by size
+    data_placement: str = setting(
+        "auto", "training images on the device, or streamed from host memory", choices=PLACEMENTS
+    )
+    # "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy)
+    model: str = setting("vae", "one latent layer, or a hierarchy", choices=MODELS)
+    # --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
+    inference: str = setting(
+        "ladder", "--model ladder: merged top-down (ladder) or q(z1|x) q(z2|z1) ...", choices=INFERENCES
+    )
+    # --model ladder: units per layer, z_1 first; None: 64 32 16 8 4
+    latents: tuple[int, ...] | None = setting(None, "--model ladder: units per layer, z1 first")
+    # --model ladder: batch norm in the deterministic layers (the ladder paper's)
+    batch_norm: bool = setting(False, "--model ladder: batch norm in the deterministic layers")
+    # nats per latent unit each layer keeps for free (Kingma et al. 2016); 0: off
+    free_bits: float = setting(0.0, "nats per latent unit each layer keeps free")
+    # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
+    net: str = setting("mlp", "encoder/decoder pair", choices=NETS)
+    # latent size; 50 as in Pyro's VAE example
+    z_dim: int = setting(50, "latent size")
+    # MLP hidden widths in encoder order; the decoder mirrors them
+    hidden: tuple[int, ...] = setting((400,), "MLP hidden widths")
+    # MLP decoder widths from z outwards; None mirrors `hidden`
+    decoder_hidden: tuple[int, ...] | None = setting(None, "MLP decoder widths from z out")
+    # conv filters per layer (seed 000's stack)
+    conv_channels: tuple[int, ...] = setting((32, 64, 64, 64), "conv filters")
+    # one stride per conv layer
+    conv_strides: tuple[int, ...] = setting((1, 2, 2, 1), "conv strides")
+    # odd, so "same" padding exists
+    conv_kernel: int = setting(3, "conv kernel size, odd")
+    # shortcut: N stride-2 layers doubling from 32 filters, then a dense layer of hidden[-1] units;
+    # overrides conv_channels/conv_strides (large images, seed 001)
+    conv_depth: int | None = setting(None, "N stride-2 layers doubling from 32 filters + dense")
+    # p(z), see pyro_vae.priors.PRIORS ("custom": a module passed to train(vae=...))
+    prior: str = setting("normal", "p(z)", choices=PRIOR_NAMES)
+    # p(x|z), see pyro_vae.likelihoods.LIKELIHOODS; decides the data prep
+    likelihood: str = setting("bernoulli", "p(x|z)", choices=LIKELIHOOD_NAMES)
+    # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
+    likelihood_scale: float = setting(0.1, "fixed scale of normal/laplace, initial scale of normal-image/-pixel")
+    epochs: int = setting(10, "passes over the training set")
+    # 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)
+    batch_size: int = setting(128, "images per SVI step")
+    # Adam step size
+    lr: float = setting(1e-3, "Adam learning rate")
+    # epochs after which the step size is multiplied by lr_gamma (torch's MultiStepLR by epoch; the
+    # papers' schedules: pythae's 200 350 500 ..., IWAE's 3**i stages)
+    lr_milestones: tuple[int, ...] | None = setting(
+        None, "epochs after which the learning rate is multiplied by --lr-gamma (e.g. 200 350)"
+    )
+    # factor applied at each milestone; 10**(-1/5) in pythae's, 10**(-1/7) in IWAE's
+    lr_gamma: float = setting(0.1, "factor at each --lr-milestones epoch")
+    # clip the gradient norm to this; None leaves gradients alone
+    clip_grad: float | None = setting(None, "clip the gradient norm to this value")
+    # "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
+    elbo: str = setting(
+        "mc",
+        "mc: Trace_ELBO; analytic: TraceMeanField_ELBO, closed-form KL; iwae: importance-weighted bound",
+        choices=ELBOS,
+    )
+    # K of the importance-weighted bound (--elbo iwae)
+    particles: int = setting(5, "K for --elbo iwae")
+    # KL weight; a reconstruction factor alpha is the same objective as beta = 1/alpha
+    beta: float = setting(1.0, "KL weight")
+    # "constant" | "linear" warm-up | "cyclical"; scales the KL up to beta
+    kl_schedule: str = setting("constant", "KL weight schedule", choices=SCHEDULES)
+    # linear warm-up length, in warmup_unit
+    warmup: float = setting(0, "linear warm-up length")
+    # "epochs" | "steps"
+    warmup_unit: str = setting("epochs", "unit of --warmup", choices=WARMUP_UNITS)
+    # cyclical schedule: cycles over the whole run
+    cycles: int = setting(4, "cycles of the cyclical schedule")
+    # "auto" picks CUDA when torch sees a GPU
+    device: str = setting("auto", "auto: CUDA when present", choices=DEVICES)
+    # torch.compile the encoder and decoder (benchmark before turning on)
+    compile: bool = setting(False, "torch.compile the encoder and decoder")
+    # CUDA only: bfloat16 autocast for the networks; densities stay float32
+    bf16: bool = setting(False, "CUDA: bfloat16 autocast for the networks, densities in float32")
+    # CUDA only: capture the whole SVI step once, replay it (launch-bound models)
+    cuda_graphs: bool = setting(False, "CUDA: capture the whole SVI step as a CUDA graph and replay it")
+    # seeds initialisation, z draws, shuffling and the dynamic binarization
+    seed: int = setting(0, "seed of init, z draws, shuffling, binarization")
+    # apart from `seed` so held-out numbers compare across runs
+    test_binarization_seed: int = setting(0, "seed of the one fixed binarization of the test set")
+    # first N training images only: quick runs and tests
+    limit_train: int | None = setting(None, "use only the first N training images")
+    # first N test images only
+    limit_test: int | None = setting(None, "use only the first N test images")
+    # last N training images held out to pick best.pt; 0 picks on the test loss
+    validation: int = setting(0, "hold out the last N training images to pick best.pt")
+    # held-out loss is computed in chunks this large
+    eval_batch_size: int = setting(1000, "test images per chunk")
+    # steps between reading the loss back from the device (each read syncs)
+    log_every: int = setting(50, "steps between loss read-outs")
+    # keep only the newest N epoch checkpoints; None keeps all
+    keep_checkpoints: int | None = setting(None, "keep only the newest N epoch checkpoints (default: all)")
+    # minutes: end after the first epoch that passes it (runs on a budget)
+    time_limit: float | None = setting(None, "minutes: end after the first epoch past it")
+    # tqdm bar with loss and images/s
+    progress: bool = setting(True, "no progress bar")
+    # run folder; default runs/<dataset>-<net>-<elbo>-<timestamp>
+    out: str | None = setting(None, "run folder (default runs/<dataset>-<net>-<elbo>-<date>-<time>)")
 
     def lr_at(self, epoch: int) -> float:
         """The step size of epoch ``epoch + 1`` (``epoch`` epochs done): ``lr`` times ``lr_gamma`` for every
@@ -124,8 +197,8 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
         _check_types(self)
         _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, ("vae", "ladder"))
-        _choice("inference", self.inference, ("ladder", "bottom-up"))
+        _choice("model", self.model, MODELS)
+        _choice("inference", self.inference, INFERENCES)
         _choice("net", self.net, NETS, custom=True)
         if self.free_bits and self.elbo == "iwae":
             raise ConfigError("--free-bits applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
@@ -133,9 +206,9 @@ class TrainConfig:
         _choice("prior", self.prior, PRIOR_NAMES, custom=True)
         _choice("likelihood", self.likelihood, LIKELIHOOD_NAMES, custom=True)
         _choice("kl_schedule", self.kl_schedule, SCHEDULES)
-        _choice("warmup_unit", self.warmup_unit, ("epochs", "steps"))
+        _choice("warmup_unit", self.warmup_unit, WARMUP_UNITS)
         _choice("device", self.device, DEVICES)
-        _choice("data_placement", self.data_placement, ("auto", "resident", "stream"))
+        _choice("data_placement", self.data_placement, PLACEMENTS)
         for name in ("image_size", "patches", "conv_depth"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -25,8 +25,8 @@ from typing import Any
 
 import pyro
 import torch
-import torch.nn.functional as F
 
+from pyro_vae.benchmark.baselines import ExampleVAE, conventional_loop, pyro_example_loop, pytorch_loop, svi_loop
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.files import write_atomic
 
@@ -67,6 +67,30 @@ class BenchmarkConfig:
     eval_loop_images: int = 20  # test images scored by the per-image loop
     seed: int = 0
 
+    def validate(self) -> BenchmarkConfig:
+        """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
+        from pyro_vae.config import check_seed
+        from pyro_vae.evaluate import MAX_K
+
+        at_least_zero = ("warmup_steps", "num_workers")
+        for name in (*at_least_zero, "batch_size", "repeats", "eval_k", "eval_images", "eval_loop_images"):
+            value = getattr(self, name)
+            if value < (0 if name in at_least_zero else 1):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be {'>= 0' if name in at_least_zero else 'positive'}, got {value}"
+                )
+        for name in ("steps", "limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.eval_k > MAX_K:
+            raise ConfigError(f"--eval-k must be at most {MAX_K:,}, got {self.eval_k}")
+        unknown = [p for p in self.paths if p not in PATH_NOTES]
+        if unknown:
+            raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")
+        check_seed("--seed", self.seed)
+        return self
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -77,11 +101,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _binarize_sample(x: torch.Tensor) -> torch.Tensor:
-    # a module-level function so DataLoader workers can pickle the transform
-    return torch.bernoulli(x)
 
 
 def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
@@ -104,19 +123,19 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if name == "conventional":
-            step = _conventional_loop(vae, cfg, device)
+            step = conventional_loop(vae, cfg, device)
         elif name == "pyro-example":
-            vae = _ExampleVAE(data.event_shape).to(device)
-            step = _pyro_example_loop(vae, data.train, device, cfg.batch_size)
+            vae = ExampleVAE(data.event_shape).to(device)
+            step = pyro_example_loop(vae, data.train, device, cfg.batch_size)
         else:
             images = data.train.to(device)
             generator = torch.Generator(device=device).manual_seed(cfg.seed)
             batches = ResidentBatches(images, cfg.batch_size, generator)
             optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
             if name == "pytorch":
-                step = _pytorch_loop(vae, optimizer, batches)
+                step = pytorch_loop(vae, optimizer, batches)
             elif name == "pyro-svi":
-                step = _svi_loop(vae, batches)
+                step = svi_loop(vae, batches)
             else:
                 elbo = make_elbo("analytic" if name.startswith("ours-analytic") else "mc")
                 if name == "ours-mc-compile":
@@ -177,172 +196,6 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
     except BaseException as exc:  # report, so the parent fails with the reason instead of hanging
         conn.send(f"error: {type(exc).__name__}: {exc}")
         raise
-
-
-def _conventional_loop(vae, cfg: BenchmarkConfig, device: torch.device):
-    """Pyro's tutorial: torchvision dataset, ToTensor, DataLoader(shuffle=True), SVI.step per batch."""
-    import torchvision.transforms as T
-    from pyro.infer import SVI, Trace_ELBO
-    from torch.utils.data import DataLoader, Subset
-    from torchvision.datasets import MNIST
-
-    dataset = MNIST(cfg.data_dir, train=True, download=False, transform=T.Compose([T.ToTensor(), _binarize_sample]))
-    if cfg.limit_train is not None:
-        dataset = Subset(dataset, range(cfg.limit_train))
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-
-    # vae.model / vae.guide register their modules with pyro.module, as the tutorial's do
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-
-    def step(n: int) -> None:
-        done = 0
-        while done < n:
-            for x, _ in loader:
-                svi.step(x.to(device))
-                done += 1
-                if done == n:
-                    return
-
-    return step
-
-
-class _ExampleVAE(torch.nn.Module):
-    """The model of Pyro's ``examples/vae/vae.py``, rebuilt: MLP 784-400-50 with softplus units, an
-    exponentiated encoder scale, a decoder that outputs probabilities (sigmoid, nudged off 0 and 1),
-    ``pyro.module`` registration, and the ``"data"`` plate."""
-
-    def __init__(self, event_shape, z_dim: int = 50, hidden: int = 400) -> None:
-        super().__init__()
-        pixels = math.prod(event_shape)
-        self.z_dim, self.pixels, self.event_shape = z_dim, pixels, torch.Size(event_shape)
-        self.enc_hidden = torch.nn.Linear(pixels, hidden)
-        self.enc_loc = torch.nn.Linear(hidden, z_dim)
-        self.enc_log_scale = torch.nn.Linear(hidden, z_dim)
-        self.dec_hidden = torch.nn.Linear(z_dim, hidden)
-        self.dec_out = torch.nn.Linear(hidden, pixels)
-        self.encoder = torch.nn.ModuleList([self.enc_hidden, self.enc_loc, self.enc_log_scale])
-        self.decoder = torch.nn.ModuleList([self.dec_hidden, self.dec_out])
-
-    def model(self, x: torch.Tensor) -> None:
-        import pyro.distributions as dist
-
-        pyro.module("decoder", self.decoder)
-        x = x.reshape(-1, self.pixels)
-        with pyro.plate("data", x.shape[0]):
-            loc = x.new_zeros((x.shape[0], self.z_dim))
-            z = pyro.sample("latent", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
-            probs = torch.sigmoid(self.dec_out(F.softplus(self.dec_hidden(z))))
-            probs = (probs + 1e-7) * (1 - 2e-7)  # the example's fudge against probabilities of exactly 0 or 1
-            # grey values in [0, 1] as Bernoulli observations, as the example does
-            pyro.sample("obs", dist.Bernoulli(probs, validate_args=False).to_event(1), obs=x)
-
-    def guide(self, x: torch.Tensor) -> None:
-        import pyro.distributions as dist
-
-        pyro.module("encoder", self.encoder)
-        x = x.reshape(-1, self.pixels)
-        with pyro.plate("data", x.shape[0]):
-            hidden = F.softplus(self.enc_hidden(x))
-            loc, scale = self.enc_loc(hidden), torch.exp(self.enc_log_scale(hidden))
-            pyro.sample("latent", dist.Normal(loc, scale).to_event(1))
-
-    # what pyro_vae.evaluate.elbo_terms asks of a model, to score the test set alike for every row
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        pass
-
-    def registration(self, enabled: bool):
-        from contextlib import nullcontext
-
-        return nullcontext()
-
-
-class _CachedImages(torch.utils.data.Dataset):
-    """The example's cached dataset: all images as one float tensor in [0, 1], on the training device,
-    served one index at a time to the DataLoader."""
-
-    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
-        self.images = (images.float() / 255).reshape(len(images), -1).to(device)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-
-def _pyro_example_loop(vae: _ExampleVAE, images: torch.Tensor, device: torch.device, batch_size: int):
-    """Pyro's ``examples/vae/vae.py`` training loop: the cached-tensor DataLoader (shuffle, no workers,
-    as the example sets them), ``SVI.step`` with ``Trace_ELBO`` and ``pyro.optim.Adam`` (lr 1e-3), the
-    float loss of every step added up on the host."""
-    from pyro.infer import SVI, Trace_ELBO
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(_CachedImages(images, device), batch_size=batch_size, shuffle=True, num_workers=0)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=Trace_ELBO())
-
-    def step(n: int) -> None:
-        done, epoch_loss = 0, 0.0
-        while done < n:
-            for x in loader:
-                epoch_loss += svi.step(x)
-                done += 1
-                if done == n:
-                    return
-
-    return step
-
-
-def _svi_loop(vae, batches):
-    """What a Pyro user writes with this library's pieces: ``SVI.step`` on the resident batches."""
-    from pyro.infer import SVI, Trace_ELBO
-
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-
-    def step(n: int) -> None:
-        done = 0
-        while done < n:
-            for x in batches:
-                svi.step(x)  # returns a float: one host sync per step, as SVI always does
-                done += 1
-                if done == n:
-                    return
-
-    return step
-
-
-def _pytorch_loop(vae, optimizer: torch.optim.Optimizer, batches):
-    """The floor: the same networks and data pipeline, the loss written by hand, no Pyro."""
-
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        loc, scale = vae.encoder(x)
-        z = loc + scale * torch.randn_like(loc)
-        recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
-        kl = 0.5 * (scale.square() + loc.square() - 1 - 2 * scale.log()).sum()
-        return recon + kl
-
-    device = next(vae.parameters()).device
-
-    def step(n: int) -> None:
-        done = 0
-        total = torch.zeros((), device=device)  # summed on the device, as the training loop does
-        while done < n:
-            for x in batches:
-                loss = loss_fn(x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                done += 1
-                if done == n:
-                    return
-
-    return step
 
 
 def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:

@@ -1,0 +1,15 @@
+"""Speed benchmark, side by side in one run: this library's training path against the reference loops
+(:mod:`~pyro_vae.benchmark.baselines`), and the batched importance-sampled evaluation against a
+per-image loop (:mod:`~pyro_vae.benchmark.run`)."""
+
+from pyro_vae.benchmark.run import (
+    PATH_NOTES,
+    PATHS,
+    REFERENCES,
+    BenchmarkConfig,
+    format_results,
+    run_benchmark,
+    save,
+)
+
+__all__ = ["PATHS", "PATH_NOTES", "REFERENCES", "BenchmarkConfig", "format_results", "run_benchmark", "save"]
