@@ -5,6 +5,7 @@ import pyro
 import pytest
 import torch
 
+from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, binarize
 
 # where the real datasets live (torchvision layout); .ci/run sets it
@@ -39,6 +40,23 @@ def data_dir() -> str:
     return d
 
 
+def tiny_config(tmp_path, name: str = "run", **kw) -> TrainConfig:
+    """The settings of a seconds-long run in ``tmp_path / name``: tiny MLP, two epochs; ``kw`` overrides."""
+    base = dict(epochs=2, batch_size=16, z_dim=3, hidden=(24,), progress=False, log_every=2, out=str(tmp_path / name))
+    return TrainConfig(**{**base, **kw})
+
+
+def run_cli(main, argv, capsys) -> tuple[int, str, str]:
+    """Run a command's ``main(argv)`` in-process: its exit status (argparse's SystemExit included),
+    standard output and standard error."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def make_tiny_data(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), seed: int = 0) -> ImageData:
     """Synthetic 'images': smooth blobs plus noise, uint8 train and binarized test."""
     g = torch.Generator().manual_seed(seed)
@@ -50,6 +68,12 @@ def make_tiny_data(n_train: int = 96, n_test: int = 40, shape=(1, 8, 8), seed: i
     img = (255 * blob.unsqueeze(1).expand(n, *shape)).to(torch.uint8)
     labels = torch.zeros(n, dtype=torch.long)
     return ImageData("tiny", img[:n_train], labels[:n_train], binarize(img[n_train:], g), labels[n_train:])
+
+
+def tiny_data_with(**change) -> ImageData:
+    """The tiny data with some fields replaced (``train=...``, ``test=...``): bad data, other shapes."""
+    d = make_tiny_data()
+    return ImageData(**{**d.__dict__, **change})
 
 
 @pytest.fixture

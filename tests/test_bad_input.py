@@ -6,26 +6,25 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from pyro_vae import train
 from pyro_vae.cli import evaluate_main, train_main
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 
-from conftest import make_idx_root
+from conftest import ROOT, make_idx_root, make_tiny_data, run_cli, tiny_config, tiny_data_with
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--z-dim", "3", "--hidden", "16", "--no-progress", "--no-download"]
 
 
 def call(main, argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.err
+    code, _, err = run_cli(main, argv, capsys)
+    return code, err
 
 
 def assert_one_line(code, err, expect: str):
@@ -44,9 +43,6 @@ def refused_train(argv, capsys, tmp_path, expect, out=None):
     assert_one_line(code, err, expect)
     assert set(tmp_path.rglob("*")) == before, "a refused run must leave nothing behind"
 
-
-# ------------------------------------------------------------------------------------------------
-# class 1: sizes that cannot fit in memory, refused before allocating
 
 SIZES = [
     (["--z-dim", "1e9"], "needs about"),
@@ -67,9 +63,6 @@ SIZES = [
 def test_sizes_that_cannot_fit_are_refused_before_allocating(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
 
-
-# ------------------------------------------------------------------------------------------------
-# class 2: seeds out of range
 
 SEEDS = [
     (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295"),
@@ -101,9 +94,6 @@ def test_largest_seed_is_accepted(idx_root, tmp_path, capsys):
     assert code == 0, err
 
 
-# ------------------------------------------------------------------------------------------------
-# class 3: infinite or NaN settings
-
 NONFINITE = [
     (["--lr", "inf"], "--lr must be a finite number > 0"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),
@@ -122,10 +112,6 @@ NONFINITE = [
 @pytest.mark.parametrize("argv,expect", NONFINITE, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_nonfinite_settings(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
-
-
-# ------------------------------------------------------------------------------------------------
-# class 4: --out that cannot take a run
 
 
 def _out_cases(tmp_path: Path) -> list:
@@ -168,10 +154,6 @@ def test_out_in_a_read_only_folder(idx_root, tmp_path, capsys):
         refused_train([*TINY, "--data-dir", str(idx_root)], capsys, tmp_path, "permission denied", out=ro / "run")
     finally:
         ro.chmod(0o755)
-
-
-# ------------------------------------------------------------------------------------------------
-# class 5: corrupt, truncated or missing dataset files
 
 
 def _damage(raw: Path, how: str) -> str:
@@ -241,10 +223,6 @@ def test_data_dir_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "data.txt"
     f.write_text("x")
     refused_train([*TINY, "--data-dir", str(f)], capsys, tmp_path, "is a file")
-
-
-# ------------------------------------------------------------------------------------------------
-# class 6: a damaged run folder on resume
 
 
 @pytest.fixture
@@ -335,10 +313,6 @@ def test_resume_of_a_damaged_run_is_one_line_and_changes_nothing(trained, capsys
     assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
 
 
-# ------------------------------------------------------------------------------------------------
-# class 7: evaluate's settings
-
-
 def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
     other = tmp_path / "other"
     code, err = call(train_main, [*TINY, "--z-dim", "4", "--data-dir", str(idx_root), "--out", str(other)], capsys)
@@ -396,10 +370,6 @@ def test_evaluate_a_run_whose_folder_is_missing(tmp_path, capsys):
     assert_one_line(code, err, "no run folder")
 
 
-# ------------------------------------------------------------------------------------------------
-# the whole process: nothing but the one line on stderr (no import-time or teardown warnings)
-
-
 @pytest.mark.parametrize(
     "argv,expect",
     [
@@ -410,10 +380,6 @@ def test_evaluate_a_run_whose_folder_is_missing(tmp_path, capsys):
     ],
 )
 def test_a_separate_process_prints_exactly_one_line(idx_root, tmp_path, capsys, argv, expect):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
 
     run = tmp_path / "run"
     if argv[0] == "evaluate":
@@ -426,9 +392,6 @@ def test_a_separate_process_prints_exactly_one_line(idx_root, tmp_path, capsys, 
     assert proc.stdout == ""
     assert not (tmp_path / "new").exists()
 
-
-# ------------------------------------------------------------------------------------------------
-# class 8: dataset and network options
 
 DATASET_OPTIONS = [
     (["--channels", "2"], "invalid choice: 2"),
@@ -462,9 +425,6 @@ def test_dataset_and_network_options(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
 
 
-# ------------------------------------------------------------------------------------------------
-# class 9: benchmark settings, refused before any process starts
-
 BENCHMARK = [
     (["--steps", "-5"], "--steps must be positive"),
     (["--repeats", "0"], "--repeats must be positive"),
@@ -493,9 +453,6 @@ def test_benchmark_settings(idx_root, tmp_path, capsys, argv, expect):
     assert_one_line(code, err, expect)
     assert not out.exists()
 
-
-# ------------------------------------------------------------------------------------------------
-# class 10: hierarchies
 
 HIERARCHY = [
     (["--model", "ladder", "--latents", "8", "4", "--hidden", "16"], "one --hidden width per latent layer"),
@@ -545,11 +502,6 @@ HIERARCHY = [
 @pytest.mark.parametrize("argv,expect", HIERARCHY, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_hierarchy_options(idx_root, tmp_path, capsys, argv, expect):
     refused_train([*TINY, "--data-dir", str(idx_root), *argv], capsys, tmp_path, expect)
-
-
-# ------------------------------------------------------------------------------------------------
-# class 11: the Python API a notebook calls: one exception naming the problem, never a shape error
-# from deep inside torch
 
 
 def _api_cases():
@@ -650,3 +602,144 @@ def test_build_vae_refuses_impossible_sizes(kw, expect):
     with pytest.raises(ConfigError) as info:
         build_vae(kw.pop("event_shape"), **kw)
     assert expect in str(info.value)
+
+
+def _cli(argv, capsys):
+    code, _, err = run_cli(train_main, argv, capsys)
+    return code, err.strip()
+
+
+BAD_FLAGS = [
+    (["--z-dim", "0"], "error: --z-dim must be a positive integer, got 0"),
+    (["--z-dim", "abc"], "error: argument --z-dim: invalid int value: 'abc'; see pyro-vae-train --help"),
+    (["--lr", "0"], "error: --lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
+    (["--lr", "-0.1"], "error: --lr must be a finite number > 0, got -0.1; e.g. --lr 1e-3"),
+    (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
+    (["--batch-size", "-5"], "error: --batch-size must be a positive integer, got -5"),
+    (["--hidden", "400", "0"], "error: --hidden must be one or more positive widths, got [400, 0]; e.g. --hidden 400"),
+    (["--particles", "0"], "error: --particles must be a positive integer, got 0"),
+    (["--beta", "-1"], "error: --beta must be a finite number >= 0, got -1.0; e.g. --beta 1"),
+    (["--clip-grad", "0"], "error: --clip-grad must be a finite number > 0, got 0.0; e.g. --clip-grad 100"),
+    (["--validation", "-1"], "error: --validation must be >= 0, got -1"),
+    (["--limit-train", "0"], "error: --limit-train must be a positive integer, got 0"),
+    (
+        ["--dataset", "svhn"],
+        "error: argument --dataset: invalid choice: 'svhn' (choose from 'mnist', 'fashion-mnist', "
+        "'binarized-mnist', 'cifar10', 'folder'); see pyro-vae-train --help",
+    ),
+    (
+        ["--net", "rnn"],
+        "error: argument --net: invalid choice: 'rnn' (choose from 'mlp', 'conv'); see pyro-vae-train --help",
+    ),
+    (
+        ["--prior", "flow"],
+        "error: argument --prior: invalid choice: 'flow' (choose from 'normal', 'learned-normal', 'student-t', "
+        "'laplace', 'mog', 'vamp'); see pyro-vae-train --help",
+    ),
+    (
+        ["--likelihood", "poisson"],
+        "error: argument --likelihood: invalid choice: 'poisson' (choose from 'bernoulli', 'continuous-bernoulli', "
+        "'normal', 'normal-image', 'normal-pixel', 'laplace', 'discretized-logistic'); see pyro-vae-train --help",
+    ),
+    (["--bf16", "--device", "cpu"], "error: --bf16 autocast is for CUDA; drop it on the CPU"),
+    (["--cuda-graphs", "--device", "cpu"], "error: --cuda-graphs needs CUDA; drop it on the CPU"),
+    (["--time-limit", "0"], "error: --time-limit must be a finite number > 0, got 0.0; minutes, e.g. --time-limit 10"),
+] + [
+    # refused without torchrun too: a bad value must not wait to surface until the job runs on many machines
+    (
+        ["--dist-timeout", value],
+        f"error: --dist-timeout must be a finite number of seconds > 0, got {float(value)}; e.g. --dist-timeout 600",
+    )
+    for value in ("0", "-5", "nan", "inf")
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_FLAGS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_flags_give_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    code, err = _cli([*argv, "--out", str(tmp_path / "run")], capsys)
+    assert (code, err) == (2, message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--limit-train", "100", "--batch-size", "128"],
+            "error: --batch-size 128 is larger than the 100 training images; lower it",
+        ),
+        (
+            ["--limit-train", "100", "--validation", "100"],
+            "error: --validation 100 leaves no training images out of 100; lower it",
+        ),
+    ],
+)
+def test_settings_that_do_not_fit_the_data(argv, message, data_dir, tmp_path, capsys):
+    code, err = _cli([*argv, "--data-dir", data_dir, "--out", str(tmp_path / "run")], capsys)
+    assert (code, err) == (2, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_and_resume_mistakes(tmp_path, capsys):
+    code, err = _cli(["--data-dir", str(tmp_path / "none"), "--no-download", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith(f"error: mnist not found in {tmp_path}/none/MNIST/raw and --no-download is set")
+    code, err = _cli(["--resume", str(tmp_path / "nothing")], capsys)
+    assert (code, err) == (
+        2,
+        f"error: no run folder {tmp_path}/nothing; pass a folder written by pyro-vae-train",
+    )
+    code, err = _cli(["--resume", str(tmp_path), "--z-dim", "3"], capsys)
+    assert (code, err) == (
+        2,
+        "error: --resume takes the run's own settings; drop --z-dim (only --epochs may change); "
+        "see pyro-vae-train --help",
+    )
+    assert not (tmp_path / "r").exists()
+
+
+BAD_DATA = [
+    (
+        dict(train=make_tiny_data().train.float()),
+        {},
+        "training images must be uint8 intensities 0..255, got torch.float32",
+    ),
+    (dict(train=make_tiny_data().train[:0]), {}, "the training set is empty; check --limit-train/--limit-test"),
+    (dict(test=make_tiny_data().test[:0]), {}, "the test set is empty; check --limit-train/--limit-test"),
+    (dict(test=torch.zeros(5, 1, 7, 8)), {}, "test images are shaped (1, 7, 8) but training images (1, 8, 8)"),
+    (dict(test=torch.full((5, 1, 8, 8), 0.5)), {}, "Bernoulli likelihood needs binary test images (0 or 1), found 0.5"),
+    (
+        dict(test=torch.full((5, 1, 8, 8), float("nan")), kind="unit"),
+        dict(likelihood="continuous-bernoulli"),
+        "continuous Bernoulli likelihood got NaN or Inf in the test images; clean the data",
+    ),
+    (
+        dict(test=torch.full((5, 1, 8, 8), 2.0), kind="unit"),
+        dict(likelihood="continuous-bernoulli"),
+        "continuous Bernoulli likelihood needs test images in [0, 1], found values in [2, 2]",
+    ),
+    (
+        dict(train=torch.zeros(20, 64, dtype=torch.uint8), test=torch.zeros(5, 64)),
+        dict(net="conv"),
+        "--net conv needs images shaped (channels, height, width), got (64,); use --net mlp",
+    ),
+    (
+        dict(train=make_tiny_data().train.numpy()),
+        {},
+        "the training images must be a torch tensor, got ndarray; wrap them: torch.from_numpy(array)",
+    ),
+    (
+        dict(test=make_tiny_data().test.tolist()),
+        {},
+        "the test images must be a torch tensor, got list; wrap them: torch.as_tensor(...)",
+    ),
+]
+
+
+@pytest.mark.parametrize("change,settings,message", BAD_DATA)
+def test_bad_data_gives_one_line_before_any_work(change, settings, message, tmp_path):
+    with pytest.raises(PyroVAEError) as info:
+        train(tiny_config(tmp_path, **{"epochs": 3, **settings}), data=tiny_data_with(**change))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

@@ -105,10 +105,7 @@ def test_no_import_circles():
 
 def test_nothing_imports_upward():
     upward = [
-        f"{m} imports {i}"
-        for m, deps in graph().items()
-        for i in deps
-        if i != "pyro_vae" and layer_of(i) > layer_of(m)
+        f"{m} imports {i}" for m, deps in graph().items() for i in deps if i != "pyro_vae" and layer_of(i) > layer_of(m)
     ]
     assert upward == []
 

@@ -5,10 +5,15 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae import BernoulliLikelihood, build_vae
+from pyro_vae import BernoulliLikelihood, build_vae, train
+from pyro_vae.data import prepare
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.training import heldout_loss
+
+from conftest import make_tiny_data, tiny_config
 
 
 def traces(vae, x):
@@ -96,3 +101,51 @@ def test_no_pixel_count_is_hard_coded():
     assert vae.encoder.body[1].in_features == 120
     assert vae.decoder.body[-1].out_features == 120
     pyro.clear_param_store()
+
+
+@pytest.mark.parametrize(
+    "prior,likelihood,elbo",
+    [
+        ("learned-normal", "normal-pixel", Trace_ELBO),
+        ("mog", "normal-image", Trace_ELBO),
+        ("vamp", "discretized-logistic", Trace_ELBO),
+        ("learned-normal", "bernoulli", TraceMeanField_ELBO),
+    ],
+)
+def test_plain_pyro_svi_trains_every_parameter(prior, likelihood, elbo):
+    data = make_tiny_data()
+    vae = build_vae((1, 8, 8), z_dim=3, hidden=(32,), prior=prior, likelihood=likelihood)
+    kind = vae.data_kind
+    x = prepare(data.train, kind, torch.Generator().manual_seed(0))
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    held = prepare(data.train[:40], kind, torch.Generator().manual_seed(1))
+    loss0 = heldout_loss(vae, Trace_ELBO(), held)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), elbo())
+    for step in range(60):
+        svi.step(x[(step * 16) % 96 : (step * 16) % 96 + 16])
+    # every parameter of the VAE is in Pyro's param store, as the very tensor the module holds
+    store = pyro.get_param_store()
+    registered = {id(store[name]) for name in store.keys()}
+    assert {id(p) for p in vae.parameters()} <= registered
+    moved = [k for k, v in vae.named_parameters() if not torch.equal(before[k], v)]
+    assert sorted(moved) == sorted(before), f"not trained: {sorted(set(before) - set(moved))}"
+    assert heldout_loss(vae, Trace_ELBO(), held) < loss0 - 1.0
+
+
+def test_a_second_vae_in_the_same_param_store_trains_too():
+    # the param store still holds the first VAE's tensors under the same names (no clear in between)
+    data = make_tiny_data()
+    x = prepare(data.train, "binary", torch.Generator().manual_seed(0))
+    for _ in range(2):
+        vae = build_vae((1, 8, 8), z_dim=3, hidden=(16,), prior="learned-normal")
+        before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(5):
+            svi.step(x[:32])
+        assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())
+
+
+def test_library_loop_leaves_the_param_store_alone_and_svi_registration_back_on(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=1), data=make_tiny_data())
+    assert result.vae.register_params is True
+    assert len(list(pyro.get_param_store().keys())) == 0

@@ -20,7 +20,7 @@ from pyro_vae.recipes import FREE_SETTINGS, Recipe, differences, get_recipe, rec
 from pyro_vae.recipes.reproduce import ROW_FILE, format_rows, make_row, reproduce
 from pyro_vae.runs import read_results
 
-from conftest import ROOT, make_idx_root
+from conftest import ROOT, make_idx_root, run_cli
 
 PAPERS = {"vae-static-mnist": 89.9, "iwae-mnist": 84.78, "vamp-mnist": 85.57, "ladder-mnist": 81.74}
 FAMILIES = ("family-vae", "family-iwae5", "family-vamp", "family-ladder")
@@ -206,12 +206,7 @@ def tiny(monkeypatch, tmp_path):
 
 
 def call(argv, capsys):
-    try:
-        code = reproduce_main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(reproduce_main, argv, capsys)
 
 
 def test_reproduce_trains_scores_and_writes_one_row(tiny, tmp_path, capsys):

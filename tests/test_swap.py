@@ -1,6 +1,9 @@
 """Priors, likelihoods and objectives swap without touching the rest."""
 
+import json
 import math
+import subprocess
+import sys
 
 import pyro
 import pyro.distributions as dist
@@ -8,6 +11,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae import (
@@ -21,16 +25,19 @@ from pyro_vae import (
     build_vae,
     kl_weight,
     load_run,
+    resume,
     train,
 )
-from pyro_vae.data import prepare
+from pyro_vae.cli import evaluate_main
+from pyro_vae.data import ImageData, prepare
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import evaluate
 from pyro_vae.nets import MLPEncoder
 from pyro_vae.objectives import SyncFreeTraceMeanField_ELBO
 from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.runs import RunError, load_run_and_data
 
-from conftest import make_tiny_data
+from conftest import ROOT, make_tiny_data, tiny_config
 
 SHAPE = (1, 4, 4)
 
@@ -303,10 +310,6 @@ def test_diagonal_gaussian_mixture_matches_mixture_same_family():
 @pytest.mark.real_data
 def test_train_and_evaluate_a_discretized_logistic_run(data_dir, tmp_path):
     import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
 
     run = tmp_path / "run"
     train_cmd = [sys.executable, "scripts/train.py", "--data-dir", data_dir, "--out", str(run), "--epochs", "1"]
@@ -333,3 +336,107 @@ def test_train_and_evaluate_a_discretized_logistic_run(data_dir, tmp_path):
     assert "exact" not in proc.stdout and "closed-form KL)" not in proc.stdout
     # 8-bit data are discrete: each pixel's probability is at most 1, so −log p(x) ≥ 0
     assert 0 < out["nll"]["5"]["mean"] < math.inf
+
+
+class LogisticPrior(nn.Module):
+    """A few lines of torch/Pyro: independent logistic coordinates with a learned scale."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(z_dim))
+
+    def forward(self):
+        base = dist.Uniform(torch.zeros_like(self.log_scale), torch.ones_like(self.log_scale))
+        transforms = [
+            dist.transforms.SigmoidTransform().inv,
+            dist.transforms.AffineTransform(0.0, self.log_scale.exp()),
+        ]
+        return dist.TransformedDistribution(base, transforms).to_event(1)
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2 * z_dim))
+
+    def forward(self, x):
+        loc, raw = self.net(x).chunk(2, -1)
+        return loc, nn.functional.softplus(raw) + 1e-3
+
+
+def test_custom_prior_trains_checkpoints_resumes_and_evaluates(tmp_path):
+    data = make_tiny_data()
+    pyro.set_rng_seed(0)  # the modules are built here, before train seeds: same seed, same start
+    vae = build_vae((1, 8, 8), z_dim=3, hidden=(24,), prior=LogisticPrior(3))
+    result = train(tiny_config(tmp_path), data=data, vae=vae)
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["prior"] == "custom"
+    assert saved["custom"] == {"prior": f"{__name__}.LogisticPrior"}
+    assert not torch.equal(result.vae.prior.log_scale, torch.zeros(3))
+
+    with pytest.raises(RunError) as info:
+        load_run(result.run_dir)
+    assert str(info.value) == (
+        f"{result.run_dir} was trained with custom prior ({__name__}.LogisticPrior), which a run folder cannot "
+        f"rebuild; pass the same module(s) back in: load_run({result.run_dir}, prior=<your {__name__}.LogisticPrior>)"
+    )
+    loaded, _, _ = load_run(result.run_dir, prior=LogisticPrior(3))
+    assert torch.equal(loaded.prior.log_scale, result.vae.prior.log_scale)
+
+    # resuming goes on exactly as one uninterrupted 3-epoch run
+    pyro.set_rng_seed(0)
+    straight = train(
+        tiny_config(tmp_path, "straight", epochs=3),
+        data=data,
+        vae=build_vae((1, 8, 8), z_dim=3, hidden=(24,), prior=LogisticPrior(3)),
+    )
+    with pytest.raises(RunError):
+        resume(result.run_dir, epochs=3, data=data)
+    resumed = resume(result.run_dir, epochs=3, data=data, prior=LogisticPrior(3))
+    assert [m["test_loss"] for m in resumed.metrics] == [m["test_loss"] for m in straight.metrics]
+
+    run = load_run_and_data(result.run_dir, data=data, prior=LogisticPrior(3))
+    out = evaluate(run.vae, run.x, (1, 10))
+    assert out["elbo"]["analytic"]["kl_kind"] == ["z: Monte-Carlo (no closed form)"]
+    assert out["nll"]["10"]["mean"] <= out["nll"]["1"]["mean"] + 3 * out["nll"]["1"]["se"]
+
+
+def test_custom_encoder_and_likelihood_go_through(tmp_path):
+    class GaussianLikelihood(nn.Module):
+        data_kind = "unit"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_scale = nn.Parameter(torch.tensor(-1.0))
+
+        def forward(self, out, event_dim):
+            return dist.Normal(torch.sigmoid(out), self.log_scale.exp()).to_event(event_dim)
+
+    data = make_tiny_data()
+    data = ImageData("tiny", data.train, data.train_labels, data.test.clone() * 0 + 0.25, data.test_labels, "unit")
+    enc = TinyEncoder(3)
+    _, dec = pyro_vae_networks()
+    vae = build_vae((1, 8, 8), net=(enc, dec), z_dim=3, likelihood=GaussianLikelihood())
+    result = train(tiny_config(tmp_path), data=data, vae=vae)
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert set(saved["custom"]) == {"encoder", "likelihood"} and saved["net"] == "mlp"
+    with pytest.raises(RunError, match="custom encoder, likelihood"):
+        load_run(result.run_dir)
+    loaded, _, _ = load_run(result.run_dir, encoder=TinyEncoder(3), likelihood=GaussianLikelihood())
+    assert torch.equal(loaded.likelihood.log_scale, result.vae.likelihood.log_scale)
+    assert loaded.reconstruct(data.test[:2]).shape == (2, 1, 8, 8)
+
+
+def pyro_vae_networks():
+    from pyro_vae.nets import build_networks
+
+    return build_networks("mlp", (1, 8, 8), 3, (24,))
+
+
+def test_evaluate_command_asks_for_the_custom_part(tmp_path, capsys):
+    data = make_tiny_data()
+    vae = build_vae((1, 8, 8), z_dim=3, hidden=(24,), prior=LogisticPrior(3))
+    run = train(tiny_config(tmp_path), data=data, vae=vae).run_dir
+    code = evaluate_main([str(run), "--k", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "custom prior" in err and "prior=<your" in err

@@ -1,6 +1,7 @@
 import csv
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -9,13 +10,10 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import TrainConfig, build_vae, heldout_loss, load_run, train
 from pyro_vae.config import RUN_RECORD_KEYS
 from pyro_vae.errors import ConfigError
+from pyro_vae.runs import read_checkpoint
+from pyro_vae.training import NonFiniteLoss
 
-from conftest import make_tiny_data
-
-
-def tiny_config(tmp_path, name="run", **kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=32, z_dim=3, hidden=(24,), progress=False, out=str(tmp_path / name))
-    return TrainConfig(**{**base, **kw})
+from conftest import make_tiny_data, tiny_config, tiny_data_with
 
 
 def params(vae):
@@ -65,7 +63,7 @@ def test_train_writes_the_run_folder(tmp_path, tiny_data, net, elbo):
         assert (run / "images" / f"samples_epoch{epoch:04d}.png").is_file()
     state = torch.load(run / "checkpoints" / "epoch0002.pt", weights_only=True)
     assert {"model", "optimizer", "param_store", "epoch", "step", "config"} <= set(state)
-    assert state["epoch"] == 2 and state["step"] == 2 * 3  # 96 images / 32 per batch
+    assert state["epoch"] == 2 and state["step"] == 2 * 6  # 96 images / 16 per batch
 
 
 def test_loss_goes_down(tmp_path, tiny_data):
@@ -181,3 +179,51 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
         "laplace",
         "normal",
     ]
+
+
+def test_nonfinite_loss_stops_with_the_last_good_state_and_names_the_term(tmp_path, monkeypatch):
+    from pyro_vae import priors
+
+    calls = {"n": 0}
+    original = priors.StandardNormalPrior.forward
+
+    def breaks_after_a_while(self):
+        calls["n"] += 1
+        d = original(self)
+        if calls["n"] > 8:  # from step 9 on the prior has zero scale: log p(z) = -inf, the KL is infinite
+            return type(d)(type(d.base_dist)(self.loc, 0 * self.scale), 1)
+        return d
+
+    monkeypatch.setattr(priors.StandardNormalPrior, "forward", breaks_after_a_while)
+    with pytest.raises(NonFiniteLoss) as info:
+        train(tiny_config(tmp_path, epochs=3, log_every=4), data=make_tiny_data())
+    msg = str(info.value)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    # prior calls: 6 steps, 1 test-loss batch and the sample picture in epoch 1; the 9th is epoch 2, step 1
+    assert msg.startswith("the KL term became non-finite at epoch 2, step 1; ")
+    assert f"saved the last good state to {last}; try a lower --lr (now 0.001), --clip-grad 100" in msg
+    state = read_checkpoint(last)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert state["position"]["batch"] == 0 and state["epoch"] == 1
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=1, clip_grad=1e-3), data=make_tiny_data())
+    assert result.metrics[0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 8, 8), (8, 8), (64,), (60,), (2, 4, 8)],
+    ids=["CHW", "HW", "flat-square", "flat-strip", "two-channels"],
+)
+def test_data_of_any_shape_trains_and_draws_its_pictures(tmp_path, shape):
+    # the MLP takes any event shape; the epoch pictures show each as grey images or a strip, never crash
+    d = make_tiny_data()
+    n = math.prod(shape)
+    train_x = d.train.reshape(len(d.train), -1)[:, :n].reshape(len(d.train), *shape)
+    test_x = d.test.reshape(len(d.test), -1)[:, :n].reshape(len(d.test), *shape)
+    result = train(tiny_config(tmp_path, epochs=1), data=tiny_data_with(train=train_x, test=test_x))
+    assert math.isfinite(result.metrics[-1]["test_loss"])
+    pictures = sorted(p.name for p in (result.run_dir / "images").iterdir())
+    assert pictures == ["reconstructions_epoch0001.png", "samples_epoch0001.png"]

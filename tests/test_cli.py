@@ -1,0 +1,82 @@
+"""The command line as a user meets it: a settings file under the flags, and ``python -m pyro_vae``
+running every command."""
+
+import json
+import subprocess
+import sys
+
+from pyro_vae.cli import train_main
+
+from conftest import ROOT
+
+
+def test_config_file_and_flags_over_it(idx_root, tmp_path, capsys):
+    first = tmp_path / "first"
+    argv = ["--data-dir", str(idx_root), "--no-download", "--batch-size", "16", "--z-dim", "3", "--epochs", "1"]
+    assert train_main([*argv, "--no-progress", "--lr", "0.003", "--out", str(first)]) == 0
+    # repeat the run from its own config.json, changing one setting
+    again = tmp_path / "again"
+    assert train_main(["--config", str(first / "config.json"), "--z-dim", "4", "--out", str(again)]) == 0
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, again))
+    assert b["z_dim"] == 4 and b["lr"] == 0.003 and b["batch_size"] == 16 and b["progress"] is False
+    assert {k: v for k, v in a.items() if k not in ("z_dim", "out")} == {
+        k: v for k, v in b.items() if k not in ("z_dim", "out")
+    }
+    # a hand-written file
+    settings = tmp_path / "s.json"
+    settings.write_text(
+        json.dumps(
+            {"data_dir": str(idx_root), "download": False, "epochs": 1, "batch_size": 8, "z_dim": 2, "progress": False}
+        )
+    )
+    assert train_main(["--config", str(settings), "--out", str(tmp_path / "third")]) == 0
+    assert json.loads((tmp_path / "third" / "config.json").read_text())["batch_size"] == 8
+    capsys.readouterr()
+    for content, expect in (
+        ("{", "is not JSON"),
+        ("[]", "holds a JSON list"),
+        ('{"zdim": 3}', "unknown settings ['zdim']"),
+        ('{"z_dim": "3"}', "--z-dim must be int"),
+        ('{"lr": null}', "--lr must be float"),
+    ):
+        settings.write_text(content)
+        code = train_main(["--config", str(settings), "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and expect in err and err.count("\n") == 0, err
+        assert not (tmp_path / "bad").exists()
+    code = train_main(["--config", str(tmp_path / "missing.json")])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_each_command(idx_root, tmp_path):
+    def m(*args):
+        return subprocess.run([sys.executable, "-m", "pyro_vae", *args], cwd=ROOT, capture_output=True, text=True)
+
+    run = tmp_path / "run"
+    p = m(
+        "train",
+        "--data-dir",
+        str(idx_root),
+        "--no-download",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--z-dim",
+        "2",
+        "--no-progress",
+        "--out",
+        str(run),
+    )
+    assert p.returncode == 0, p.stderr
+    p = m("evaluate", str(run), "--k", "2", "--no-progress")
+    assert p.returncode == 0 and "IS K=2" in p.stdout, p.stderr
+    p = m("benchmark", "--help")
+    assert p.returncode == 0 and "pyro-vae-benchmark" in p.stdout
+    p = m("reproduce", "--list")
+    assert p.returncode == 0 and "vae-static-mnist" in p.stdout, p.stderr
+    p = m("fly")
+    assert (
+        p.returncode == 2
+        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, benchmark, reproduce"
+    )
