@@ -3,7 +3,9 @@
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, binarize, load_data
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
-from pyro_vae.likelihoods import (
+from pyro_vae.models import VAE, build_vae
+from pyro_vae.objectives import IWAE_ELBO, kl_weight, make_elbo
+from pyro_vae.parts.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -13,10 +15,8 @@ from pyro_vae.likelihoods import (
     NormalLikelihood,
     build_likelihood,
 )
-from pyro_vae.models import VAE, build_vae
-from pyro_vae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, build_networks
-from pyro_vae.objectives import IWAE_ELBO, kl_weight, make_elbo
-from pyro_vae.priors import (
+from pyro_vae.parts.nets import NETWORKS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, build_networks
+from pyro_vae.parts.priors import (
     PRIORS,
     LaplacePrior,
     LearnedNormalPrior,
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IWAE_ELBO",
     "LIKELIHOODS",
+    "NETWORKS",
     "PRIORS",
     "VAE",
     "BernoulliLikelihood",

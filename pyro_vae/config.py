@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES, SCHEDULES
-from pyro_vae.priors import PRIORS
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.nets import NETWORKS
+from pyro_vae.parts.priors import PRIORS
 
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
-NETS = ("mlp", "conv")
 DEVICES = ("auto", "cpu", "cuda")
 PLACEMENTS = ("auto", "resident", "stream")
 MODELS = ("vae", "ladder")
@@ -21,6 +21,7 @@ INFERENCES = ("ladder", "bottom-up")
 WARMUP_UNITS = ("epochs", "steps")
 ELBOS = tuple(OBJECTIVES)
 PRIOR_NAMES = tuple(PRIORS)
+NETS = tuple(NETWORKS)
 LIKELIHOOD_NAMES = tuple(LIKELIHOODS)
 
 
@@ -85,9 +86,9 @@ class TrainConfig:
     # shortcut: N stride-2 layers doubling from 32 filters, then a dense layer of hidden[-1] units;
     # overrides conv_channels/conv_strides (large images, seed 001)
     conv_depth: int | None = setting(None, "N stride-2 layers doubling from 32 filters + dense")
-    # p(z), see pyro_vae.priors.PRIORS ("custom": a module passed to train(vae=...))
+    # p(z), see pyro_vae.parts.priors.PRIORS ("custom": a module passed to train(vae=...))
     prior: str = setting("normal", "p(z)", choices=PRIOR_NAMES)
-    # p(x|z), see pyro_vae.likelihoods.LIKELIHOODS; decides the data prep
+    # p(x|z), see pyro_vae.parts.likelihoods.LIKELIHOODS; decides the data prep
     likelihood: str = setting("bernoulli", "p(x|z)", choices=LIKELIHOOD_NAMES)
     # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
     likelihood_scale: float = setting(0.1, "fixed scale of normal/laplace, initial scale of normal-image/-pixel")
@@ -186,8 +187,8 @@ class TrainConfig:
         )
 
     def conv_spec(self) -> Any:
-        """The conv stack of ``--net conv``: a :class:`pyro_vae.nets.ConvSpec`."""
-        from pyro_vae.nets import ConvSpec
+        """The conv stack of ``--net conv``: a :class:`pyro_vae.parts.nets.ConvSpec`."""
+        from pyro_vae.parts.nets import ConvSpec
 
         if self.conv_depth is not None:
             return ConvSpec.doubling(self.conv_depth, self.hidden[-1], self.conv_kernel)

@@ -6,8 +6,8 @@ import math
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.likelihoods import StableContinuousBernoulli
-from pyro_vae.priors import DiagonalGaussianMixture
+from pyro_vae.parts.likelihoods import StableContinuousBernoulli
+from pyro_vae.parts.priors import DiagonalGaussianMixture
 
 
 def expanded_float32(logits, locs, scales, z):

@@ -26,7 +26,7 @@ from pyro_vae.data import (
 )
 from pyro_vae.data import folder as folder_mod
 from pyro_vae.errors import DataError
-from pyro_vae.nets import ConvSpec, build_networks
+from pyro_vae.parts.nets import ConvSpec, build_networks
 from pyro_vae.runs import load_run_and_data
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pyro_vae.evaluate import (
     log_importance_weights,
     seeded,
 )
-from pyro_vae.likelihoods import NormalLikelihood
+from pyro_vae.parts.likelihoods import NormalLikelihood
 
 from conftest import ROOT
 

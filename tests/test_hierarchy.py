@@ -16,9 +16,9 @@ from torch.distributions import MultivariateNormal
 from pyro_vae import TrainConfig, train
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import elbo_terms, importance_log_likelihood
-from pyro_vae.likelihoods import NormalLikelihood
 from pyro_vae.models import HierarchicalVAE, build_vae_from_config, precision_merge
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.parts.likelihoods import NormalLikelihood
+from pyro_vae.parts.priors import StandardNormalPrior
 from pyro_vae.training import resume
 
 from conftest import make_tiny_data

@@ -11,7 +11,7 @@ PACKAGE = ROOT / "pyro_vae"
 # lowest first; a module may import its own layer or any below it, never one above
 LAYERS = [
     ("pyro_vae.errors", "pyro_vae.files", "pyro_vae.distributed", "pyro_vae.resources", "pyro_vae.images"),
-    ("pyro_vae.nets", "pyro_vae.priors", "pyro_vae.likelihoods", "pyro_vae.objectives", "pyro_vae.notebook"),
+    ("pyro_vae.parts", "pyro_vae.objectives", "pyro_vae.notebook"),
     ("pyro_vae.models", "pyro_vae.data"),
     ("pyro_vae.config",),
     ("pyro_vae.runs",),

@@ -6,8 +6,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.likelihoods import ContinuousBernoulliLikelihood, StableContinuousBernoulli, continuous_bernoulli_mean
-from pyro_vae.priors import DiagonalGaussianMixture, VampPrior
+from pyro_vae.parts.likelihoods import (
+    ContinuousBernoulliLikelihood,
+    StableContinuousBernoulli,
+    continuous_bernoulli_mean,
+)
+from pyro_vae.parts.priors import DiagonalGaussianMixture, VampPrior
 
 SCALES = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 

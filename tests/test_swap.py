@@ -32,9 +32,9 @@ from pyro_vae.cli import evaluate_main
 from pyro_vae.data import ImageData, prepare
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import evaluate
-from pyro_vae.nets import MLPEncoder
 from pyro_vae.objectives import SyncFreeTraceMeanField_ELBO
-from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.parts.nets import MLPEncoder
+from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.runs import RunError, load_run_and_data
 
 from conftest import ROOT, make_tiny_data, tiny_config
@@ -288,7 +288,7 @@ def test_checkpoint_restores_the_prior_and_likelihood(tmp_path):
 
 
 def test_diagonal_gaussian_mixture_matches_mixture_same_family():
-    from pyro_vae.priors import DiagonalGaussianMixture
+    from pyro_vae.parts.priors import DiagonalGaussianMixture
 
     g = torch.Generator().manual_seed(0)
     logits, locs = torch.randn(7, generator=g), torch.randn(7, 5, generator=g)
@@ -428,7 +428,7 @@ def test_custom_encoder_and_likelihood_go_through(tmp_path):
 
 
 def pyro_vae_networks():
-    from pyro_vae.nets import build_networks
+    from pyro_vae.parts.nets import build_networks
 
     return build_networks("mlp", (1, 8, 8), 3, (24,))
 
@@ -440,3 +440,33 @@ def test_evaluate_command_asks_for_the_custom_part(tmp_path, capsys):
     code = evaluate_main([str(run), "--k", "2", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "custom prior" in err and "prior=<your" in err
+
+
+def test_each_kind_of_part_has_one_registry_that_builds_every_name():
+    from torch import nn
+
+    from pyro_vae import LIKELIHOODS, NETWORKS
+    from pyro_vae.config import LIKELIHOOD_NAMES, NETS, PRIOR_NAMES
+    from pyro_vae.parts.registry import Registry
+
+    # the command line offers exactly the registered names
+    assert (tuple(PRIORS), tuple(LIKELIHOODS), tuple(NETWORKS)) == (PRIOR_NAMES, LIKELIHOOD_NAMES, NETS)
+    shape = (1, 8, 8)
+    encoder, _ = NETWORKS.build("mlp", shape, 3, (16,), None, None)
+    for name in PRIORS:
+        assert isinstance(PRIORS.build(name, 3, encoder, shape), nn.Module) and PRIORS[name]
+    for name in LIKELIHOODS:
+        assert isinstance(LIKELIHOODS.build(name, shape, 0.1), nn.Module) and LIKELIHOODS[name]
+    for name in NETWORKS:
+        from pyro_vae.parts.nets import DEFAULT_CONV
+
+        enc, dec = NETWORKS.build(name, shape, 3, (16,), None, DEFAULT_CONV)
+        assert enc(torch.zeros(2, *shape))[0].shape == (2, 3) and dec(torch.zeros(2, 3)).shape == (2, *shape)
+    # adding a part is one entry; a name twice, or an unknown name, is refused
+    mine = Registry("prior")
+    mine.add("half", "what it is", lambda z_dim: z_dim // 2)
+    assert mine.build("half", 8) == 4 and dict(mine) == {"half": "what it is"}
+    with pytest.raises(ValueError, match="registered already"):
+        mine.add("half", "again", lambda z_dim: z_dim)
+    with pytest.raises(ConfigError, match="unknown --prior 'whole'; choose one of half"):
+        mine.build("whole", 8)

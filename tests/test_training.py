@@ -182,7 +182,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 
 
 def test_nonfinite_loss_stops_with_the_last_good_state_and_names_the_term(tmp_path, monkeypatch):
-    from pyro_vae import priors
+    from pyro_vae.parts import priors
 
     calls = {"n": 0}
     original = priors.StandardNormalPrior.forward

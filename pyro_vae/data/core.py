@@ -26,7 +26,7 @@ class ImageData:
     :param train: uint8 intensities, shape ``(N, C, H, W)``, prepared per batch (a tensor in memory,
         or over a memory-mapped cache file).
     :param test: test images prepared once for ``kind``, float32, shape ``(M, C, H, W)``.
-    :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :mod:`pyro_vae.likelihoods`).
+    :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :mod:`pyro_vae.parts.likelihoods`).
     :param valid: the dataset's own validation images (uint8), where it has a validation split.
     :param binary: the pixels are binary already (0 or 255): no random binarization is applied.
     """

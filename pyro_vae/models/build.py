@@ -12,11 +12,11 @@ from typing import Any
 from torch import nn
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.hierarchy import build_hierarchy
 from pyro_vae.models.vae import VAE
-from pyro_vae.nets import DEFAULT_CONV, ConvSpec, build_networks
-from pyro_vae.priors import build_prior
+from pyro_vae.parts.likelihoods import build_likelihood
+from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec, build_networks
+from pyro_vae.parts.priors import build_prior
 
 
 def build_vae(
@@ -34,10 +34,10 @@ def build_vae(
     """A VAE from names or modules.
 
     :param net: ``"mlp"`` or ``"conv"``, or your own ``(encoder, decoder)`` pair.
-    :param prior: a name of :data:`pyro_vae.priors.PRIORS`, or your own module returning p(z).
+    :param prior: a name of :data:`pyro_vae.parts.priors.PRIORS`, or your own module returning p(z).
     :param decoder_hidden: MLP decoder widths from z outwards (default: ``hidden`` mirrored).
-    :param conv: the conv stack of ``net="conv"`` (:class:`pyro_vae.nets.ConvSpec`).
-    :param likelihood: a name of :data:`pyro_vae.likelihoods.LIKELIHOODS`, or your own module
+    :param conv: the conv stack of ``net="conv"`` (:class:`pyro_vae.parts.nets.ConvSpec`).
+    :param likelihood: a name of :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`, or your own module
         ``(decoder_output, event_dim) -> p(x|z)``; it should set ``data_kind`` (``"binary"``,
         ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data`` and ``mean``.
     """

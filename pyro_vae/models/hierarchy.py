@@ -29,8 +29,8 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE, _full_precision
-from pyro_vae.nets import GaussianHead
-from pyro_vae.priors import build_prior
+from pyro_vae.parts.nets import GaussianHead
+from pyro_vae.parts.priors import build_prior
 
 INFERENCES = ("ladder", "bottom-up")
 # the ladder VAE paper's MNIST set-up, used when --model ladder is given without --latents

@@ -26,7 +26,7 @@ from pyro_vae.distributed import World, derive_seed, device_for, gather_objects,
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
-from pyro_vae.priors import has_closed_form_kl
+from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record

@@ -15,7 +15,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.parts.registry import Registry
 
 
 class _FixedPrior(nn.Module):
@@ -182,31 +182,30 @@ class VampPrior(nn.Module):
 
 
 # CLI names: what each prior is, for --help and errors
-PRIORS = {
-    "normal": "standard Normal N(0, I)",
-    "learned-normal": "diagonal Normal with learned mean and scale",
-    "student-t": "independent Student-t, df = 3",
-    "laplace": "independent Laplace(0, 1)",
-    "mog": "mixture of 10 Gaussians, learned weights, means and scales",
-    "vamp": "VampPrior: the guide's posteriors at 500 learned pseudo-inputs",
-}
+PRIORS = Registry("prior")
+PRIORS.add("normal", "standard Normal N(0, I)", lambda z_dim, encoder, event_shape: StandardNormalPrior(z_dim))
+PRIORS.add(
+    "learned-normal",
+    "diagonal Normal with learned mean and scale",
+    lambda z_dim, encoder, event_shape: LearnedNormalPrior(z_dim),
+)
+PRIORS.add("student-t", "independent Student-t, df = 3", lambda z_dim, encoder, event_shape: StudentTPrior(z_dim))
+PRIORS.add("laplace", "independent Laplace(0, 1)", lambda z_dim, encoder, event_shape: LaplacePrior(z_dim))
+PRIORS.add(
+    "mog",
+    "mixture of 10 Gaussians, learned weights, means and scales",
+    lambda z_dim, encoder, event_shape: MixtureOfGaussiansPrior(z_dim),
+)
+PRIORS.add(
+    "vamp",
+    "VampPrior: the guide's posteriors at 500 learned pseudo-inputs",
+    lambda z_dim, encoder, event_shape: VampPrior(encoder, event_shape),
+)
 
 
 def build_prior(name: str, z_dim: int, encoder: nn.Module, event_shape: Sequence[int]) -> nn.Module:
     """The prior called ``name`` (see :data:`PRIORS`)."""
-    if name == "normal":
-        return StandardNormalPrior(z_dim)
-    if name == "learned-normal":
-        return LearnedNormalPrior(z_dim)
-    if name == "student-t":
-        return StudentTPrior(z_dim)
-    if name == "laplace":
-        return LaplacePrior(z_dim)
-    if name == "mog":
-        return MixtureOfGaussiansPrior(z_dim)
-    if name == "vamp":
-        return VampPrior(encoder, event_shape)
-    raise ConfigError(f"unknown --prior {name!r}; choose one of {', '.join(PRIORS)}")
+    return PRIORS.build(name, z_dim, encoder, event_shape)
 
 
 def has_closed_form_kl(prior: nn.Module, z_dim: int | None = None) -> bool:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.parts.registry import Registry
 
 # floor on the posterior scale: keeps log q(z|x) finite when softplus underflows
 _MIN_SCALE = 1e-5
@@ -206,9 +207,22 @@ def build_networks(
     :param decoder_hidden: MLP decoder widths from z outwards; default: the encoder's reversed.
     :param conv: the convolutional stack of ``"conv"``.
     """
-    if net == "mlp":
-        dec = tuple(reversed(tuple(decoder_hidden))) if decoder_hidden is not None else hidden
-        return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(event_shape, z_dim, dec)
-    if net == "conv":
-        return ConvEncoder(event_shape, z_dim, conv), ConvDecoder(event_shape, z_dim, conv)
-    raise ConfigError(f"unknown --net {net!r}; choose one of mlp, conv")
+    return NETWORKS.build(net, event_shape, z_dim, tuple(hidden), decoder_hidden, conv)
+
+
+def _mlp(event_shape, z_dim, hidden, decoder_hidden, conv) -> tuple[nn.Module, nn.Module]:
+    dec = tuple(reversed(tuple(decoder_hidden))) if decoder_hidden is not None else hidden
+    return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(event_shape, z_dim, dec)
+
+
+# encoder/decoder pairs, each built from (event_shape, z_dim, hidden, decoder_hidden, conv)
+NETWORKS = Registry("net")
+NETWORKS.add("mlp", "fully connected, ReLU, widths --hidden (decoder mirrored or --decoder-hidden)", _mlp)
+NETWORKS.add(
+    "conv",
+    "Conv2d stack (--conv-channels/--conv-strides/--conv-depth), mirrored ConvTranspose2d decoder",
+    lambda event_shape, z_dim, hidden, decoder_hidden, conv: (
+        ConvEncoder(event_shape, z_dim, conv),
+        ConvDecoder(event_shape, z_dim, conv),
+    ),
+)

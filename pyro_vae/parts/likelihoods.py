@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.parts.registry import Registry
 
 
 def _inv_softplus(y: float) -> float:
@@ -263,32 +264,41 @@ class DiscretizedLogisticLikelihood(nn.Module):
             raise DataError(f"discretized logistic likelihood needs whole 8-bit values in the {what}; found fractions")
 
 
-# CLI names: what each likelihood models
-LIKELIHOODS = {
-    "bernoulli": "Bernoulli from logits on binarized pixels",
-    "continuous-bernoulli": "continuous Bernoulli (normalised) on [0, 1] intensities",
-    "normal": "Normal with a fixed scale (--likelihood-scale) on [0, 1] intensities",
-    "normal-image": "Normal with one learned scale for all pixels",
-    "normal-pixel": "Normal with a learned scale per pixel",
-    "laplace": "Laplace with a fixed scale (--likelihood-scale) on [0, 1] intensities",
-    "discretized-logistic": "discretised logistic on 8-bit values, learned per-pixel scale",
-}
+# the names of the command line: what each likelihood models; each is built from (event_shape, scale)
+LIKELIHOODS = Registry("likelihood")
+LIKELIHOODS.add("bernoulli", "Bernoulli from logits on binarized pixels", lambda shape, scale: BernoulliLikelihood())
+LIKELIHOODS.add(
+    "continuous-bernoulli",
+    "continuous Bernoulli (normalised) on [0, 1] intensities",
+    lambda shape, scale: ContinuousBernoulliLikelihood(),
+)
+LIKELIHOODS.add(
+    "normal",
+    "Normal with a fixed scale (--likelihood-scale) on [0, 1] intensities",
+    lambda shape, scale: NormalLikelihood(scale),
+)
+LIKELIHOODS.add(
+    "normal-image",
+    "Normal with one learned scale for all pixels",
+    lambda shape, scale: NormalLikelihood(scale, "image", shape),
+)
+LIKELIHOODS.add(
+    "normal-pixel",
+    "Normal with a learned scale per pixel",
+    lambda shape, scale: NormalLikelihood(scale, "pixel", shape),
+)
+LIKELIHOODS.add(
+    "laplace",
+    "Laplace with a fixed scale (--likelihood-scale) on [0, 1] intensities",
+    lambda shape, scale: LaplaceLikelihood(scale),
+)
+LIKELIHOODS.add(
+    "discretized-logistic",
+    "discretised logistic on 8-bit values, learned per-pixel scale",
+    lambda shape, scale: DiscretizedLogisticLikelihood(shape),
+)
 
 
 def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1) -> nn.Module:
     """The likelihood called ``name`` (see :data:`LIKELIHOODS`); ``scale`` is the fixed or initial scale."""
-    if name == "bernoulli":
-        return BernoulliLikelihood()
-    if name == "continuous-bernoulli":
-        return ContinuousBernoulliLikelihood()
-    if name == "normal":
-        return NormalLikelihood(scale)
-    if name == "normal-image":
-        return NormalLikelihood(scale, "image", event_shape)
-    if name == "normal-pixel":
-        return NormalLikelihood(scale, "pixel", event_shape)
-    if name == "laplace":
-        return LaplaceLikelihood(scale)
-    if name == "discretized-logistic":
-        return DiscretizedLogisticLikelihood(event_shape)
-    raise ConfigError(f"unknown --likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
+    return LIKELIHOODS.build(name, event_shape, scale)
