@@ -126,3 +126,18 @@ def test_photo_folder_script_writes_crops_of_every_photograph(tmp_path):
         2,
         f"error: {tmp_path}/afile is a file; pass a folder to write the crops into",
     )
+
+
+def test_independent_nll_agrees_with_the_library_estimator(idx_root, tmp_path):
+    """Two estimators of −log p(x) on the same trained model and images, with independent draws: the
+    paired difference must sit within four of its standard errors of zero."""
+    from pyro_vae.cli import train_main
+
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(idx_root), "--no-download", "--epochs", "2", "--z-dim", "3", "--hidden", "32"]
+    assert train_main([*argv, "--batch-size", "16", "--no-progress", "--out", str(out)]) == 0
+    proc = run(["scripts/independent_nll.py", str(out), "--k", "300", "--limit", "40"])
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("paired difference"))
+    diff, se = (float(v) for v in line.split(":")[1].split("±"))
+    assert se > 0 and abs(diff) < 4 * se, proc.stdout
