@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_vae.config import DEVICES, TrainConfig
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import ConfigError, PyroVAEError, as_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +72,7 @@ _OFF_FLAGS = {"download": "--no-download", "progress": "--no-progress"}
 
 def _setting_flag(add: Callable[..., Any], f: dataclasses.Field) -> None:
     """The flag of one setting, from its type, default, help and choices."""
-    text, choices, kind = f.metadata["help"], f.metadata["choices"], str(f.type)
+    text, choices, kind = as_flags(f.metadata["help"]), f.metadata["choices"], str(f.type)
     if f.name in _OFF_FLAGS:
         add(_OFF_FLAGS[f.name], dest=f.name, action="store_false", help=text)
         return
@@ -122,9 +122,10 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
     return go
 
 
-def _run(fn: Callable[[], None]) -> int:
-    """Run ``fn``; a user error is one line on stderr and exit 2. Warnings from torch, Pyro and
-    torchvision are held back: shown after a run that succeeds, dropped around a one-line error."""
+def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
+    """Run ``fn``; a user error is one line on stderr and exit 2, its settings spelled as flags
+    (``aliases``: settings whose flag is named otherwise). Warnings from torch, Pyro and torchvision
+    are held back: shown after a run that succeeds, dropped around a one-line error."""
     from pyro_vae.distributed import RankFailure, main_process
     from pyro_vae.training import Interrupted
 
@@ -138,11 +139,11 @@ def _run(fn: Callable[[], None]) -> int:
             return exc.exit_code
         except RankFailure as exc:
             if not exc.quiet:
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {as_flags(str(exc), aliases)}", file=sys.stderr)
             return 2
         except PyroVAEError as exc:
             if main_process():
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {as_flags(str(exc), aliases)}", file=sys.stderr)
             return 2
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -222,98 +223,36 @@ def _flag(dest: str) -> str:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
+    """``pyro-vae-evaluate``'s flags: one per :class:`pyro_vae.evaluate.EvalConfig` field."""
+    from pyro_vae.evaluate import EvalConfig
+
     p = _Parser(
         prog="pyro-vae-evaluate",
         description="Held-out ELBO (both KL estimators) and importance-sampled log-likelihood of a trained run.",
     )
     a = p.add_argument
-    a("run_dir", help="run folder written by pyro-vae-train")
-    a("--k", type=_int, nargs="+", default=[5000], help="importance samples K, one or more (default 5000)")
-    a("--split", choices=("test", "train", "valid"), default="test", help="data to score; valid: binarized-mnist's")
-    a("--checkpoint", default=None, help="a checkpoint file of this run (default: its newest)")
-    a("--data-dir", default=None, help="data root, if the data moved (default: the run's --data-dir)")
-    a("--limit", type=_int, default=None, help="score only the first N images")
-    a("--batch-size", type=_int, default=100, help="images per chunk (default %(default)s)")
-    a("--elbo-particles", type=_int, default=1, help="z draws per image for the ELBO (default %(default)s)")
-    a("--seed", type=_int, default=0, help="seed of every draw (default %(default)s)")
-    a("--device", choices=DEVICES, default="auto", help="default %(default)s")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    a("--out", default=None, help="JSON file to add the results to (default RUN_DIR/eval.json)")
+    for f in dataclasses.fields(EvalConfig):
+        if f.name == "run_dir":
+            a("run_dir", help=f.metadata["help"])
+        else:
+            _setting_flag(a, f)
     _dist_flag(a)
     return p
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``pyro-vae-evaluate``: score a run on held-out data, print a table, add it to eval.json."""
-    args = evaluate_parser().parse_args(argv)
+    args = vars(evaluate_parser().parse_args(argv))
+    timeout = args.pop("dist_timeout")
 
     def go() -> None:
-        from pyro_vae.config import check_seed
-        from pyro_vae.distributed import agreed, device_for, world
-        from pyro_vae.evaluate import MAX_K, evaluate, format_table
-        from pyro_vae.runs import load_run_and_data, results
-        from pyro_vae.training import resolve_device
+        from pyro_vae.evaluate import EvalConfig, evaluate_run
 
-        for name in ("batch_size", "elbo_particles"):
-            if getattr(args, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-        if args.limit is not None and args.limit < 1:
-            raise ConfigError(f"--limit must be a positive number of images, got {args.limit}; leave it out for all")
-        if min(args.k) < 1 or max(args.k) > MAX_K:
-            raise ConfigError(f"--k must be sample counts from 1 to {MAX_K:,}, got {args.k}")
-        check_seed("--seed", args.seed)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
-        main = world().main
-        with agreed("the evaluation"):
-            device = device_for(resolve_device(args.device))
-            loaded = load_run_and_data(
-                args.run_dir,
-                split=args.split,
-                checkpoint=args.checkpoint,
-                device=device,
-                data_dir=args.data_dir,
-                limit=args.limit,
-            )
-            if main:
-                results.check_results_file(out)  # before the work, not after
-        # under torchrun every rank scores its share of the images; each gets the whole result
-        result = evaluate(
-            loaded.vae,
-            loaded.x,
-            args.k,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            elbo_particles=args.elbo_particles,
-            progress=args.progress and main,
-        )
-        if not main:
-            return
-        result = {
-            "run_dir": str(Path(args.run_dir).resolve()),
-            "checkpoint": str(loaded.checkpoint.resolve()),
-            "epoch": loaded.state["epoch"],
-            "split": args.split,
-            "limit": args.limit,
-            "elbo_particles": args.elbo_particles,
-            "device": device.type,
-            "processes": world().size,
-            **result,
-        }
-        # the table first: should the file write fail after all the work, the figures are on the screen
-        print(
-            f"{args.run_dir}  {loaded.checkpoint.name} (epoch {loaded.state['epoch']})  {args.split} split, "
-            f"{len(loaded.x)} images, {device.type}"
-        )
-        print(format_table(result), flush=True)
-        try:
-            results.record_results(out, result)
-        except OSError as exc:
-            raise ConfigError(
-                f"could not add the results to {out} ({exc.strerror or exc}); the figures are printed above"
-            ) from None
-        print(f"IS evaluation took {result['nll_seconds']:.1f}s; added to {out}")
+        config = EvalConfig(**args).validate()
+        evaluate_run(config, say=lambda line: print(line, flush=True))
 
-    return _run(_distributed(go, args.device, args.dist_timeout))
+    # evaluate() names K `ks`; the flag is --k
+    return _run(_distributed(go, args["device"], timeout), aliases={"ks": "k"})
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:

@@ -61,12 +61,12 @@ class TrainConfig:
     model: str = setting("vae", "one latent layer, or a hierarchy", choices=MODELS)
     # --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
     inference: str = setting(
-        "ladder", "--model ladder: merged top-down (ladder) or q(z1|x) q(z2|z1) ...", choices=INFERENCES
+        "ladder", "`model=ladder`: merged top-down (ladder) or q(z1|x) q(z2|z1) ...", choices=INFERENCES
     )
     # --model ladder: units per layer, z_1 first; None: 64 32 16 8 4
-    latents: tuple[int, ...] | None = setting(None, "--model ladder: units per layer, z1 first")
+    latents: tuple[int, ...] | None = setting(None, "`model=ladder`: units per layer, z1 first")
     # --model ladder: batch norm in the deterministic layers (the ladder paper's)
-    batch_norm: bool = setting(False, "--model ladder: batch norm in the deterministic layers")
+    batch_norm: bool = setting(False, "`model=ladder`: batch norm in the deterministic layers")
     # nats per latent unit each layer keeps for free (Kingma et al. 2016); 0: off
     free_bits: float = setting(0.0, "nats per latent unit each layer keeps free")
     # "mlp" | "conv": the encoder/decoder pair; shapes come from the data ("custom": yours)
@@ -92,6 +92,8 @@ class TrainConfig:
     likelihood: str = setting("bernoulli", "p(x|z)", choices=LIKELIHOOD_NAMES)
     # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
     likelihood_scale: float = setting(0.1, "fixed scale of normal/laplace, initial scale of normal-image/-pixel")
+    # PixelCNN++ uses 10; more components model multi-modal pixels (edges) at a larger decoder head
+    mixture_components: int = setting(10, "logistics per pixel of `likelihood=discretized-mixture` (1 to 100)")
     epochs: int = setting(10, "passes over the training set")
     # 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)
     batch_size: int = setting(128, "images per SVI step")
@@ -100,10 +102,10 @@ class TrainConfig:
     # epochs after which the step size is multiplied by lr_gamma (torch's MultiStepLR by epoch; the
     # papers' schedules: pythae's 200 350 500 ..., IWAE's 3**i stages)
     lr_milestones: tuple[int, ...] | None = setting(
-        None, "epochs after which the learning rate is multiplied by --lr-gamma (e.g. 200 350)"
+        None, "epochs after which the learning rate is multiplied by `lr_gamma` (e.g. 200 350)"
     )
     # factor applied at each milestone; 10**(-1/5) in pythae's, 10**(-1/7) in IWAE's
-    lr_gamma: float = setting(0.1, "factor at each --lr-milestones epoch")
+    lr_gamma: float = setting(0.1, "factor at each `lr_milestones` epoch")
     # clip the gradient norm to this; None leaves gradients alone
     clip_grad: float | None = setting(None, "clip the gradient norm to this value")
     # "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
@@ -113,7 +115,7 @@ class TrainConfig:
         choices=ELBOS,
     )
     # K of the importance-weighted bound (--elbo iwae)
-    particles: int = setting(5, "K for --elbo iwae")
+    particles: int = setting(5, "K for `elbo=iwae`")
     # KL weight; a reconstruction factor alpha is the same objective as beta = 1/alpha
     beta: float = setting(1.0, "KL weight")
     # "constant" | "linear" warm-up | "cyclical"; scales the KL up to beta
@@ -121,7 +123,7 @@ class TrainConfig:
     # linear warm-up length, in warmup_unit
     warmup: float = setting(0, "linear warm-up length")
     # "epochs" | "steps"
-    warmup_unit: str = setting("epochs", "unit of --warmup", choices=WARMUP_UNITS)
+    warmup_unit: str = setting("epochs", "unit of `warmup`", choices=WARMUP_UNITS)
     # cyclical schedule: cycles over the whole run
     cycles: int = setting(4, "cycles of the cyclical schedule")
     # "auto" picks CUDA when torch sees a GPU
@@ -202,7 +204,7 @@ class TrainConfig:
         _choice("inference", self.inference, INFERENCES)
         _choice("net", self.net, NETS, custom=True)
         if self.free_bits and self.elbo == "iwae":
-            raise ConfigError("--free-bits applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
+            raise ConfigError("`free_bits` applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
         _choice("elbo", self.elbo, ELBOS)
         _choice("prior", self.prior, PRIOR_NAMES, custom=True)
         _choice("likelihood", self.likelihood, LIKELIHOOD_NAMES, custom=True)
@@ -215,63 +217,70 @@ class TrainConfig:
                 _positive(name, getattr(self, name))
                 _not_huge(name, getattr(self, name))
         if self.channels is not None and self.channels not in (1, 3):
-            raise ConfigError(f"--channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"`channels` must be 1 or 3, got {self.channels}")
         if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
-            raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
+            raise ConfigError(f"`test_fraction` must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
         for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones"):
             value = getattr(self, name)
             if value is not None and (not value or any(v <= 0 for v in value)):
-                raise ConfigError(f"{_flag(name)} must be one or more positive integers, got {list(value)}")
+                raise ConfigError(f"{_named(name)} must be one or more positive integers, got {list(value)}")
             for v in value or ():
                 _not_huge(name, v)
         if len(self.conv_channels) != len(self.conv_strides):
             raise ConfigError(
-                f"--conv-channels and --conv-strides need one value per layer, got {len(self.conv_channels)} "
+                f"`conv_channels` and `conv_strides` need one value per layer, got {len(self.conv_channels)} "
                 f"and {len(self.conv_strides)}"
             )
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ConfigError(f"--conv-kernel must be odd (3, 5, ...), got {self.conv_kernel}")
+            raise ConfigError(f"`conv_kernel` must be odd (3, 5, ...), got {self.conv_kernel}")
         for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
             _positive(name, getattr(self, name))
             _not_huge(name, getattr(self, name))
         for name in ("limit_train", "limit_test", "keep_checkpoints"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        if not 1 <= self.mixture_components <= 100:
+            raise ConfigError(f"`mixture_components` must be from 1 to 100, got {self.mixture_components}")
+        if self.mixture_components != 10 and self.likelihood != "discretized-mixture":
+            raise ConfigError(
+                f"`mixture_components` applies to `likelihood=discretized-mixture` only, not "
+                f"`likelihood={self.likelihood}`: drop it"
+            )
         for name in ("seed", "test_binarization_seed", "split_seed"):
-            check_seed(_flag(name), getattr(self, name))
+            check_seed(_named(name), getattr(self, name))
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(
-                f"--hidden must be one or more positive widths, got {list(self.hidden)}; e.g. --hidden 400"
+                f"`hidden` must be one or more positive widths, got {list(self.hidden)}; e.g. `hidden=400`"
             )
         for h in self.hidden:
             _not_huge("hidden", h)
         if not self.data_dir:
-            raise ConfigError("--data-dir is empty; pass the folder holding the data, e.g. --data-dir ../shared/data")
+            raise ConfigError("`data_dir` is empty; pass the folder holding the data, e.g. `data_dir=../shared/data`")
         if self.out is not None and not str(self.out).strip():
-            raise ConfigError("--out is empty; pass a folder name, or leave --out out for runs/<name>-<time>")
-        _finite_positive("lr", self.lr, "e.g. --lr 1e-3")
-        _finite_positive("lr_gamma", self.lr_gamma, "e.g. --lr-gamma 0.5")
+            raise ConfigError("`out` is empty; pass a folder name, or leave `out` out for runs/<name>-<time>")
+        _finite_positive("lr", self.lr, "e.g. `lr=1e-3`")
+        _finite_positive("lr_gamma", self.lr_gamma, "e.g. `lr_gamma=0.5`")
         if self.lr_milestones is not None:
             if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
                 raise ConfigError(
-                    f"--lr-milestones must be increasing epochs, got {list(self.lr_milestones)}; "
-                    "e.g. --lr-milestones 200 350"
+                    f"`lr_milestones` must be increasing epochs, got {list(self.lr_milestones)}; "
+                    "e.g. `lr_milestones=200 350`"
                 )
             if self.cuda_graphs:
                 raise ConfigError(
-                    "--lr-milestones cannot change the step size of a captured --cuda-graphs step; drop one of them"
+                    "`lr_milestones` cannot change the step size of a captured `cuda_graphs` step; drop one of them"
                 )
         if self.clip_grad is not None:
-            _finite_positive("clip_grad", self.clip_grad, "e.g. --clip-grad 100")
+            _finite_positive("clip_grad", self.clip_grad, "e.g. `clip_grad=100`")
         if self.time_limit is not None:
-            _finite_positive("time_limit", self.time_limit, "minutes, e.g. --time-limit 10")
-        _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. --likelihood-scale 0.1")
+            _finite_positive("time_limit", self.time_limit, "minutes, e.g. `time_limit=10`")
+        _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. `likelihood_scale=0.1`")
         if self.validation < 0:
-            raise ConfigError(f"--validation must be >= 0, got {self.validation}")
-        for name, example in (("beta", "e.g. --beta 1"), ("warmup", "e.g. --warmup 5"), ("free_bits", "e.g. 0.1")):
+            raise ConfigError(f"`validation` must be >= 0, got {self.validation}")
+        for name, example in (("beta", "e.g. `beta=1`"), ("warmup", "e.g. `warmup=5`"), ("free_bits", "e.g. 0.1")):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{_flag(name)} must be a finite number >= 0, got {value}; {example}")
+                raise ConfigError(f"{_named(name)} must be a finite number >= 0, got {value}; {example}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,19 +313,20 @@ class TrainConfig:
         return config
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _named(name: str) -> str:
+    # a setting as messages name it; the command line shows it as its flag (pyro_vae.errors.as_flags)
+    return f"`{name}`"
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...], custom: bool = False) -> None:
     # "custom" marks a part passed as a module (train(config, vae=...)); it is not offered as a flag
     if value not in choices and not (custom and value == "custom"):
-        raise ConfigError(f"unknown {_flag(name)} {value!r}; choose one of {', '.join(choices)}")
+        raise ConfigError(f"unknown `{name}={value!r}`; choose one of {', '.join(choices)}")
 
 
 def _positive(name: str, value: int) -> None:
     if not value > 0:
-        raise ConfigError(f"{_flag(name)} must be a positive integer, got {value}")
+        raise ConfigError(f"{_named(name)} must be a positive integer, got {value}")
 
 
 # no tensor dimension, batch or count can be larger than this (torch indexes with 64-bit integers,
@@ -326,12 +336,12 @@ MAX_SIZE = 2**40
 
 def _not_huge(name: str, value: int) -> None:
     if value > MAX_SIZE:
-        raise ConfigError(f"{_flag(name)} {value:.3g} is beyond any memory (at most 2**40); lower it")
+        raise ConfigError(f"`{name}={value:.3g}` is beyond any memory (at most 2**40); lower it")
 
 
 def _finite_positive(name: str, value: float, example: str) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{_flag(name)} must be a finite number > 0, got {value}; {example}")
+        raise ConfigError(f"{_named(name)} must be a finite number > 0, got {value}; {example}")
 
 
 # pyro.set_rng_seed seeds NumPy too, which takes seeds in [0, 2**32)
@@ -363,7 +373,7 @@ def _check_types(config: TrainConfig) -> None:
                 if f.name == "hidden"
                 else " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
             )
-            raise ConfigError(f"{_flag(f.name)} must be {want}, got {value!r}")
+            raise ConfigError(f"{_named(f.name)} must be {want}, got {value!r}")
 
 
 def _is(value: Any, kind: type) -> bool:

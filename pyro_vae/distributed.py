@@ -79,7 +79,7 @@ def check_timeout(timeout_s: float) -> None:
     a bad value never waits to surface until the job is launched on many machines)."""
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise ConfigError(
-            f"--dist-timeout must be a finite number of seconds > 0, got {timeout_s}; e.g. --dist-timeout 600"
+            f"`dist_timeout` must be a finite number of seconds > 0, got {timeout_s}; e.g. `dist_timeout=600`"
         )
 
 
@@ -115,6 +115,17 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when torch sees a GPU, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`device=cuda` asked for, but torch sees no GPU; use `device=cpu` or `device=auto`")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown `device={name!r}`; choose one of auto, cpu, cuda")
+    return torch.device(name)
 
 
 def device_for(device: torch.device) -> torch.device:
@@ -223,7 +234,7 @@ def lost_contact(exc: BaseException, checkpoint: str | None) -> RankFailure:
     where = f"; the last checkpoint is {checkpoint}" if checkpoint else ""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RankFailure(
-        f"rank {world().rank} lost the other ranks (one died, or hung past --dist-timeout): {first[:300]}{where}"
+        f"rank {world().rank} lost the other ranks (one died, or hung past `dist_timeout`): {first[:300]}{where}"
     )
 
 

@@ -41,7 +41,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
         os.close(dir_fd)
 
 
-def check_writable_file(path: str | Path, flag: str = "--out", example: str = "eval.json") -> None:
+def check_writable_file(path: str | Path, flag: str = "`out`", example: str = "eval.json") -> None:
     """Refuse, before any work, an output file that cannot be written: a folder, a missing folder, or a
     place where no file can be made (permissions, read-only or special file systems).
 

@@ -131,7 +131,7 @@ class IWAE_ELBO:
 
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1) -> None:
         if num_particles < 1:
-            raise ConfigError(f"--particles must be a positive integer, got {num_particles}")
+            raise ConfigError(f"`particles` must be a positive integer, got {num_particles}")
         self.num_particles = num_particles
         self.max_plate_nesting = max_plate_nesting
 
@@ -167,7 +167,7 @@ class FreeBitsELBO:
 
     def __init__(self, free_bits: float, analytic: bool = False) -> None:
         if not (math.isfinite(free_bits) and free_bits >= 0):
-            raise ConfigError(f"--free-bits must be a finite number >= 0, got {free_bits}")
+            raise ConfigError(f"`free_bits` must be a finite number >= 0, got {free_bits}")
         self.free_bits = free_bits
         self.analytic = analytic
 
@@ -215,7 +215,7 @@ def make_elbo(name: str, particles: int = 5, free_bits: float = 0.0) -> ELBO | I
     with ``free_bits`` > 0, :class:`FreeBitsELBO` (not for ``"iwae"``, whose bound has no KL term)."""
     if free_bits:
         if name == "iwae":
-            raise ConfigError("--free-bits applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
+            raise ConfigError("`free_bits` applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
         return FreeBitsELBO(free_bits, analytic=name == "analytic")
     if name == "mc":
         return SyncFreeTrace_ELBO()
@@ -223,7 +223,7 @@ def make_elbo(name: str, particles: int = 5, free_bits: float = 0.0) -> ELBO | I
         return SyncFreeTraceMeanField_ELBO()
     if name == "iwae":
         return IWAE_ELBO(particles)
-    raise ConfigError(f"unknown --elbo {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    raise ConfigError(f"unknown `elbo={name!r}`; choose one of {', '.join(OBJECTIVES)}")
 
 
 def kl_weight(
@@ -253,4 +253,4 @@ def kl_weight(
         period = total_steps / cycles
         phase = (step % period) / period
         return beta * min(1.0, phase / 0.5)
-    raise ConfigError(f"unknown --kl-schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown `kl_schedule={schedule!r}`; choose one of {', '.join(SCHEDULES)}")

@@ -324,8 +324,12 @@ def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
         (["--limit", "-3"], "--limit must be a positive number of images, got -3"),
         (["--k", "0"], "--k must be sample counts from 1"),
         (["--k", "10", "2000000"], "--k must be sample counts from 1"),
-        (["--batch-size", "0"], "--batch-size must be a positive integer"),
-        (["--elbo-particles", "-1"], "--elbo-particles must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be an integer from 1 to 1,000,000, got 0"),
+        (["--elbo-particles", "-1"], "--elbo-particles must be an integer from 1 to 1,000,000, got -1"),
+        # an unbounded count would end in an allocator traceback after the load
+        (["--elbo-particles", "1000000000"], "--elbo-particles must be an integer from 1 to 1,000,000"),
+        (["--elbo-particles", "1e9"], "--elbo-particles must be an integer from 1 to 1,000,000"),
+        (["--batch-size", "10000000"], "--batch-size must be an integer from 1 to 1,000,000"),
         (["--seed", "-1"], "--seed must be an integer from 0"),
         (["--out", str(tmp_path / "missing" / "eval.json")], "does not exist"),
         (["--out", str(tmp_path)], "is a folder"),
@@ -340,7 +344,7 @@ def _eval_cases(trained: Path, tmp_path: Path, idx_root: Path, capsys) -> list:
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(19))
 def test_evaluate_refuses_before_the_work(trained, tmp_path, idx_root, capsys, case):
     argv, expect = _eval_cases(trained, tmp_path, idx_root, capsys)[case]
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
@@ -538,18 +542,27 @@ def _api_cases():
         (
             lambda v: elbo_terms(v, x, analytic_kl=True, num_particles=0),
             ConfigError,
-            "num_particles must be a positive",
+            "num_particles must be an integer from 1 to 1,000,000, got 0",
         ),
+        (
+            lambda v: elbo_terms(v, x, analytic_kl=True, num_particles=10**9),
+            ConfigError,
+            "num_particles must be an integer from 1 to 1,000,000, got 1000000000",
+        ),
+        (lambda v: evaluate(v, x, [5], elbo_particles=10**9), ConfigError, "`elbo_particles` must be an integer from"),
+        (lambda v: evaluate(v, x, [5], batch_size=0), ConfigError, "`batch_size` must be an integer from 1"),
+        (lambda v: evaluate(v, x, [5], seed=-1), ConfigError, "`seed` must be an integer from 0"),
+        (lambda v: evaluate(v, x, [5, 10**7]), ConfigError, "`ks` must be sample counts from 1 to 1,000,000"),
         (lambda v: elbo_terms(v, x[:0], analytic_kl=False), DataError, "no images to score"),
         (lambda v: active_units(v, x[:0]), DataError, "no images to score"),
-        (lambda v: evaluate(v, x, [np.int64(0)]), ValueError, "numbers of samples must be integers >= 1"),
+        (lambda v: evaluate(v, x, [np.int64(0)]), ValueError, "`ks` must be sample counts from 1 to 1,000,000"),
         (lambda v: evaluate(v, x.reshape(6, 16), [5]), DataError, "this model scores (N, 1, 4, 4)"),
         (lambda v: heldout_loss(v, Trace_ELBO(), x[:0]), DataError, "no images to score (N = 0)"),
         (lambda v: heldout_loss(v, Trace_ELBO(), x.numpy()), DataError, "must be a torch tensor"),
     ]
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(22))
 def test_the_evaluation_functions_refuse_bad_arguments_in_one_line(case):
     from pyro_vae import build_vae
 
@@ -612,7 +625,7 @@ def _cli(argv, capsys):
 BAD_FLAGS = [
     (["--z-dim", "0"], "error: --z-dim must be a positive integer, got 0"),
     (["--z-dim", "abc"], "error: argument --z-dim: invalid int value: 'abc'; see pyro-vae-train --help"),
-    (["--lr", "0"], "error: --lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
+    (["--lr", "0"], "error: `lr` must be a finite number > 0, got 0.0; e.g. `lr=1e-3`"),
     (["--lr", "-0.1"], "error: --lr must be a finite number > 0, got -0.1; e.g. --lr 1e-3"),
     (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
     (["--batch-size", "-5"], "error: --batch-size must be a positive integer, got -5"),
@@ -704,8 +717,8 @@ BAD_DATA = [
         {},
         "training images must be uint8 intensities 0..255, got torch.float32",
     ),
-    (dict(train=make_tiny_data().train[:0]), {}, "the training set is empty; check --limit-train/--limit-test"),
-    (dict(test=make_tiny_data().test[:0]), {}, "the test set is empty; check --limit-train/--limit-test"),
+    (dict(train=make_tiny_data().train[:0]), {}, "the training set is empty; check `limit_train`/`limit_test`"),
+    (dict(test=make_tiny_data().test[:0]), {}, "the test set is empty; check `limit_train`/`limit_test`"),
     (dict(test=torch.zeros(5, 1, 7, 8)), {}, "test images are shaped (1, 7, 8) but training images (1, 8, 8)"),
     (dict(test=torch.full((5, 1, 8, 8), 0.5)), {}, "Bernoulli likelihood needs binary test images (0 or 1), found 0.5"),
     (
@@ -721,7 +734,7 @@ BAD_DATA = [
     (
         dict(train=torch.zeros(20, 64, dtype=torch.uint8), test=torch.zeros(5, 64)),
         dict(net="conv"),
-        "--net conv needs images shaped (channels, height, width), got (64,); use --net mlp",
+        "`net=conv` needs images shaped (channels, height, width), got (64,); use `net=mlp`",
     ),
     (
         dict(train=make_tiny_data().train.numpy()),

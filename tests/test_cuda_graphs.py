@@ -155,8 +155,8 @@ def test_cuda_graphs_refused_where_they_cannot_work(tmp_path):
 
     data = make_tiny_data()
     for device, extra, message in (
-        ("cpu", {}, "--cuda-graphs needs CUDA; drop it on the CPU"),
-        ("auto", {"compile": True}, "--cuda-graphs and --compile both rewrite the step; pick one"),
+        ("cpu", {}, "`cuda_graphs` needs CUDA; drop it on the CPU"),
+        ("auto", {"compile": True}, "`cuda_graphs` and `compile` both rewrite the step; pick one"),
     ):
         if device == "auto" and not torch.cuda.is_available():
             continue

@@ -41,8 +41,8 @@ def test_missing_data_is_a_one_line_error(tmp_path):
         load_raw("mnist", str(tmp_path), download=False)
     msg = str(info.value)
     assert "\n" not in msg
-    assert f"mnist not found in {tmp_path}/MNIST/raw and --no-download is set" in msg
-    assert "train-images-idx3-ubyte(.gz)" in msg and "--data-dir" in msg
+    assert f"mnist not found in {tmp_path}/MNIST/raw and `download=False` is set" in msg
+    assert "train-images-idx3-ubyte(.gz)" in msg and "`data_dir` at" in msg
 
 
 @pytest.mark.real_data

@@ -71,7 +71,7 @@ def test_cifar10_reads_torchvisions_layout_exactly(tmp_path, no_md5):
 
 def test_cifar10_without_the_md5_patch_is_refused_in_one_line(tmp_path):
     make_cifar(tmp_path)
-    with pytest.raises(DataError, match=r"cifar10 not found or corrupt in .*--no-download is set"):
+    with pytest.raises(DataError, match=r"cifar10 not found or corrupt in .*`download=False` is set"):
         load_source("cifar10", DataOptions(data_dir=str(tmp_path), download=False))
 
 
@@ -184,7 +184,7 @@ def test_damaged_amat_is_named(tmp_path, damage, expect):
 
 
 def test_binarized_mnist_missing_is_one_line(tmp_path):
-    with pytest.raises(DataError, match=r"binarized-mnist not found in .* --no-download is set"):
+    with pytest.raises(DataError, match=r"binarized-mnist not found in .* `download=False` is set"):
         load_source("binarized-mnist", DataOptions(data_dir=str(tmp_path), download=False))
 
 
@@ -259,7 +259,7 @@ def test_transparent_pixels_are_white(tmp_path):
 
 def test_images_of_different_sizes_need_image_size(tmp_path):
     root = make_folder(tmp_path / "imgs")
-    with pytest.raises(DataError, match=r"differ in size .* pass --image-size S"):
+    with pytest.raises(DataError, match=r"differ in size .* pass `image_size=S`"):
         load_source("folder", opts(root))
 
 

@@ -170,7 +170,7 @@ def test_a_rank_that_dies_ends_the_job_with_a_message_not_a_hang(tmp_path):
     assert codes[1] == 3
     assert codes[0] == 0, outs[0]
     assert results[0]["error"] == "RankFailure", results[0]
-    assert results[0]["message"].startswith("rank 0 lost the other ranks (one died, or hung past --dist-timeout)")
+    assert results[0]["message"].startswith("rank 0 lost the other ranks (one died, or hung past `dist_timeout`)")
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path):

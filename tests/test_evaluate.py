@@ -90,11 +90,21 @@ def test_elbo_lies_below_exact_and_iwae_bound_rises_with_k():
     assert abs(below.mean().item()) < 3 * below.std().item() / math.sqrt(len(below))
 
 
-def test_reconstruction_term_matches_its_closed_form():
-    """E_q[log N(x; Wz+b, σ²I)] = log N(x; Wμ+b, σ²I) − tr(W diag(s²) Wᵀ) / (2σ²)."""
+@pytest.mark.parametrize("per_pass", [None, 7], ids=["one-pass", "7-draws-per-pass"])
+def test_reconstruction_term_matches_its_closed_form(per_pass, monkeypatch):
+    """E_q[log N(x; Wz+b, σ²I)] = log N(x; Wμ+b, σ²I) − tr(W diag(s²) Wᵀ) / (2σ²), with the draws
+    taken in one pass or, as for a very large number of draws, in passes of a few (summed, averaged)."""
+    import pyro_vae.evaluate.estimators as estimators
+
     vae, x, _ = linear_gaussian()
-    recon, _, _ = elbo_terms(vae, x, analytic_kl=True, num_particles=400, seed=4)
+    if per_pass is not None:
+        # each pass holds per_pass draws x the batch x D elements
+        monkeypatch.setattr(estimators, "ELBO_CHUNK_ELEMENTS", per_pass * len(x) * D)
+    recon, kl, _ = elbo_terms(vae, x, analytic_kl=True, num_particles=400, seed=4)
+    # the closed-form KL does not depend on the draws: exact whatever the passes
     mu, s = vae.encoder(x)
+    exact_kl = 0.5 * (mu**2 + s**2 - 1 - torch.log(s**2)).sum(-1)
+    torch.testing.assert_close(kl, exact_kl, rtol=1e-12, atol=1e-12)
     w = vae.decoder.weight
     at_mean = torch.distributions.Normal(vae.decoder(mu), SIGMA).log_prob(x).sum(-1)
     exact = at_mean - ((w**2) @ (s[0] ** 2)).sum() / (2 * SIGMA**2)
@@ -103,6 +113,12 @@ def test_reconstruction_term_matches_its_closed_form():
     se = single.std(0) / math.sqrt(400)
     assert ((recon - exact).abs() < 4 * se + 1e-9).float().mean() > 0.95
     assert abs((recon - exact).mean().item()) < 4 * (se**2).sum().sqrt().item() / len(x)
+
+
+def test_evaluate_refuses_an_unbounded_number_of_draws_before_any_pass():
+    vae, x, _ = linear_gaussian(n=4)
+    with pytest.raises(ValueError, match="`elbo_particles` must be an integer from 1 to 1,000,000"):
+        evaluate(vae, x, [5], elbo_particles=10**9)
 
 
 def _recon_draws(vae, x, s):

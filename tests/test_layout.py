@@ -4,6 +4,8 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "pyro_vae"
@@ -113,3 +115,51 @@ def test_nothing_imports_upward():
 def test_no_module_is_over_about_450_lines():
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+# flags the library may still print: other programs' (torchrun's) and whole command lines it suggests
+COMMAND_LINE_ONLY = {"--resume", "--nproc-per-node", "--list", "--config"}
+
+
+def test_library_messages_name_settings_not_flags():
+    """Messages in the library spell a setting as `name` or `name=value` (what a Python caller passes);
+    only the command line turns them into flags (pyro_vae.errors.as_flags)."""
+    import io
+    import re
+    import tokenize
+
+    found = []
+    for module, path in modules().items():
+        if module in ("pyro_vae.cli", "pyro_vae.__main__", "pyro_vae.errors"):  # the translators
+            continue
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if tok.type != tokenize.STRING or re.match(r"^[rbfuRBFU]*(\"\"\"|''')", tok.string):
+                continue  # docstrings describe the command line too
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", tok.string):
+                if flag not in COMMAND_LINE_ONLY:
+                    found.append(f"{path.relative_to(ROOT)}:{tok.start[0]}: {flag}")
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    "message,shown",
+    [
+        ("unknown `inference='x'`; choose one of ladder, bottom-up", "unknown --inference 'x'; choose one of ladder"),
+        ("e.g. `lr=1e-3`", "e.g. --lr 1e-3"),
+        ("`batch_norm` applies to `model=ladder`", "--batch-norm applies to --model ladder"),
+        ("`compile=True` and `cuda_graphs`", "--compile and --cuda-graphs"),
+        ("`download=False` is set", "--no-download is set"),
+        ("leave `progress` on", "leave --no-progress on"),
+        ("drop `train=False`", "drop --no-train"),
+        ("`lr_milestones=200 350`", "--lr-milestones 200 350"),
+        ("a `ks` of 5", "a --k of 5"),
+        (
+            "no marks: --resume RUN, `Not A Setting`, pyro_vae.data",
+            "no marks: --resume RUN, `Not A Setting`, pyro_vae.data",
+        ),
+    ],
+)
+def test_the_command_line_shows_settings_as_flags(message, shown):
+    from pyro_vae.errors import as_flags
+
+    assert as_flags(message, aliases={"ks": "k"}).startswith(shown)

@@ -92,7 +92,7 @@ def test_bernoulli_rejects_grayscale_with_a_clear_message():
 
 
 def test_conv_refuses_non_image_shapes():
-    with pytest.raises(ConfigError, match=r"--net conv needs images shaped \(channels, height, width\), got \(784,\)"):
+    with pytest.raises(ConfigError, match=r"`net=conv` needs images shaped \(channels, height, width\), got \(784,\)"):
         build_vae((784,), "conv")
 
 

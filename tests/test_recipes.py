@@ -108,13 +108,13 @@ def test_training_uses_the_scheduled_step_size(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        (dict(lr_milestones=(5, 3)), "--lr-milestones must be increasing epochs"),
-        (dict(lr_milestones=(3, 3)), "--lr-milestones must be increasing epochs"),
-        (dict(lr_milestones=(0,)), "--lr-milestones must be one or more positive integers"),
-        (dict(lr_milestones=()), "--lr-milestones must be one or more positive integers"),
-        (dict(lr_gamma=0.0), "--lr-gamma must be a finite number > 0"),
-        (dict(lr_gamma=math.nan), "--lr-gamma must be a finite number > 0"),
-        (dict(lr_milestones=(2,), cuda_graphs=True), "--lr-milestones cannot change the step size"),
+        (dict(lr_milestones=(5, 3)), "`lr_milestones` must be increasing epochs"),
+        (dict(lr_milestones=(3, 3)), "`lr_milestones` must be increasing epochs"),
+        (dict(lr_milestones=(0,)), "`lr_milestones` must be one or more positive integers"),
+        (dict(lr_milestones=()), "`lr_milestones` must be one or more positive integers"),
+        (dict(lr_gamma=0.0), "`lr_gamma` must be a finite number > 0"),
+        (dict(lr_gamma=math.nan), "`lr_gamma` must be a finite number > 0"),
+        (dict(lr_milestones=(2,), cuda_graphs=True), "`lr_milestones` cannot change the step size"),
     ],
 )
 def test_bad_schedules_are_refused(settings, message):

@@ -155,7 +155,7 @@ def test_data_prepared_for_another_likelihood_is_refused(tmp_path):
     cfg = TrainConfig(
         likelihood="continuous-bernoulli", epochs=1, batch_size=16, progress=False, out=str(tmp_path / "r")
     )
-    with pytest.raises(ConfigError, match="prepared as 'binary' but --likelihood continuous-bernoulli expects 'unit'"):
+    with pytest.raises(ConfigError, match="prepared as 'binary' but `likelihood=continuous-bernoulli` expects 'unit'"):
         train(cfg, data=make_tiny_data())
     assert not (tmp_path / "r").exists()
 

@@ -99,16 +99,16 @@ def test_keep_checkpoints_prunes_old_ones(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (dict(z_dim=0), "--z-dim must be a positive integer, got 0"),
-        (dict(lr=0.0), "--lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
-        (dict(net="rnn"), "unknown --net 'rnn'; choose one of mlp, conv"),
-        (dict(elbo="renyi"), "unknown --elbo 'renyi'; choose one of mc, analytic, iwae"),
+        (dict(z_dim=0), "`z_dim` must be a positive integer, got 0"),
+        (dict(lr=0.0), "`lr` must be a finite number > 0, got 0.0; e.g. `lr=1e-3`"),
+        (dict(net="rnn"), "unknown `net='rnn'`; choose one of mlp, conv"),
+        (dict(elbo="renyi"), "unknown `elbo='renyi'`; choose one of mc, analytic, iwae"),
         (
             dict(prior="flow"),
-            "unknown --prior 'flow'; choose one of normal, learned-normal, student-t, laplace, mog, vamp",
+            "unknown `prior='flow'`; choose one of normal, learned-normal, student-t, laplace, mog, vamp",
         ),
-        (dict(kl_schedule="cosine"), "unknown --kl-schedule 'cosine'; choose one of constant, linear, cyclical"),
-        (dict(batch_size=1000), "--batch-size 1000 is larger than the 96 training images; lower it"),
+        (dict(kl_schedule="cosine"), "unknown `kl_schedule='cosine'`; choose one of constant, linear, cyclical"),
+        (dict(batch_size=1000), "`batch_size=1000` is larger than the 96 training images; lower it"),
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, tiny_data, change, message):
@@ -150,7 +150,7 @@ def test_time_limit_ends_the_run_after_the_epoch_that_passes_it(tmp_path, tiny_d
     assert [m["epoch"] for m in result.metrics] == [1]
     assert "time limit of 1e-09 minutes reached after epoch 1" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoints" / "epoch0001.pt").exists()
-    with pytest.raises(ConfigError, match="--time-limit must be a finite number > 0"):
+    with pytest.raises(ConfigError, match="`time_limit` must be a finite number > 0"):
         TrainConfig(time_limit=float("inf")).validate()
 
 
@@ -201,7 +201,7 @@ def test_nonfinite_loss_stops_with_the_last_good_state_and_names_the_term(tmp_pa
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     # prior calls: 6 steps, 1 test-loss batch and the sample picture in epoch 1; the 9th is epoch 2, step 1
     assert msg.startswith("the KL term became non-finite at epoch 2, step 1; ")
-    assert f"saved the last good state to {last}; try a lower --lr (now 0.001), --clip-grad 100" in msg
+    assert f"saved the last good state to {last}; try a lower `lr` (now 0.001), `clip_grad=100`" in msg
     state = read_checkpoint(last)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert state["position"]["batch"] == 0 and state["epoch"] == 1

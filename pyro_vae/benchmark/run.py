@@ -43,7 +43,7 @@ PATH_NOTES = {
     "ours-analytic": "pyro_vae training path, TraceMeanField_ELBO",
     "ours-mc-compile": "pyro_vae training path, Trace_ELBO, torch.compile networks",
     "ours-mc-bf16": "pyro_vae training path, Trace_ELBO, bf16 autocast (CUDA)",
-    "ours-mc-graphs": "pyro_vae training path, Trace_ELBO, whole step as a CUDA graph (--cuda-graphs)",
+    "ours-mc-graphs": "pyro_vae training path, Trace_ELBO, whole step as a CUDA graph (`cuda_graphs`)",
     "ours-analytic-graphs": "pyro_vae training path, TraceMeanField_ELBO, whole step as a CUDA graph",
 }
 
@@ -76,19 +76,17 @@ class BenchmarkConfig:
         for name in (*at_least_zero, "batch_size", "repeats", "eval_k", "eval_images", "eval_loop_images"):
             value = getattr(self, name)
             if value < (0 if name in at_least_zero else 1):
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be {'>= 0' if name in at_least_zero else 'positive'}, got {value}"
-                )
+                raise ConfigError(f"`{name}` must be {'>= 0' if name in at_least_zero else 'positive'}, got {value}")
         for name in ("steps", "limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise ConfigError(f"`{name}` must be positive, got {value}")
         if self.eval_k > MAX_K:
-            raise ConfigError(f"--eval-k must be at most {MAX_K:,}, got {self.eval_k}")
+            raise ConfigError(f"`eval_k` must be at most {MAX_K:,}, got {self.eval_k}")
         unknown = [p for p in self.paths if p not in PATH_NOTES]
         if unknown:
             raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")
-        check_seed("--seed", self.seed)
+        check_seed("`seed`", self.seed)
         return self
 
 

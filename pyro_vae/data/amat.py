@@ -57,11 +57,11 @@ def load_binarized_mnist(options: DataOptions) -> RawData:
         _download(root, missing)
         missing = [s for s in SPLITS if _find(root, s) is None]
     if missing:
-        why = "and could not be downloaded" if options.download else "and --no-download is set"
+        why = "and could not be downloaded" if options.download else "and `download=False` is set"
         raise DataError(
             f"binarized-mnist not found in {root} {why} (missing "
-            f"{', '.join(f'binarized_mnist_{s}.amat(.gz)' for s in missing)}); point --data-dir at the folder "
-            f"holding {FOLDER}/, e.g. --data-dir ../shared/data"
+            f"{', '.join(f'binarized_mnist_{s}.amat(.gz)' for s in missing)}); point `data_dir` at the folder "
+            f"holding {FOLDER}/, e.g. `data_dir=../shared/data`"
         )
     train, valid, test = (read_amat(_find(root, s)) for s in SPLITS)  # type: ignore[arg-type]
     no_labels = [torch.zeros(len(x), dtype=torch.long) for x in (train, valid, test)]  # the files carry none

@@ -30,10 +30,10 @@ def load_cifar10(options: DataOptions) -> RawData:
         for p in created:  # a failed download leaves no empty folder behind
             if p.is_dir() and not any(p.rglob("*")):
                 p.rmdir()
-        why = "and could not be downloaded" if options.download else "and --no-download is set"
+        why = "and could not be downloaded" if options.download else "and `download=False` is set"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"cifar10 not found or corrupt in {root / FOLDER} {why} ({reason}); expected torchvision's "
-            f"{FOLDER}/ with {', '.join(FILES)}; point --data-dir at the folder that holds {FOLDER}/"
+            f"{FOLDER}/ with {', '.join(FILES)}; point `data_dir` at the folder that holds {FOLDER}/"
         ) from None
     return RawData(*splits, classes=list(ds.classes))

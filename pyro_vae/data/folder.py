@@ -156,9 +156,9 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     start = time.perf_counter()
     root = Path(options.data_dir)
     if not root.is_dir():
-        raise DataError(f"--data-dir {root} is not a folder; pass the folder that holds your images")
+        raise DataError(f"`data_dir={root}` is not a folder; pass the folder that holds your images")
     if options.channels not in (None, 1, 3):
-        raise DataError(f"--channels must be 1 or 3, got {options.channels}")
+        raise DataError(f"`channels` must be 1 or 3, got {options.channels}")
     split_dirs = (root / "train", root / "test")
     if all(d.is_dir() for d in split_dirs):
         layout = "folders"
@@ -171,16 +171,16 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
         if not every:
             raise DataError(
                 f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)} in it and its subfolders); "
-                "point --data-dir at a folder of images"
+                "point `data_dir` at a folder of images"
             )
         test_mask = held_out(root, every, options.test_fraction, options.split_seed)
         train_files = [f for f, t in zip(every, test_mask, strict=True) if not t]
         test_files = [f for f, t in zip(every, test_mask, strict=True) if t]
         parts = [(root, train_files), (root, test_files)]
     if not train_files:
-        raise DataError(f"no training images in {parts[0][0]}; add images or lower --test-fraction")
+        raise DataError(f"no training images in {parts[0][0]}; add images or lower `test_fraction`")
     if not test_files:
-        raise DataError(f"no test images in {parts[1][0]}; add images, or raise --test-fraction above 0")
+        raise DataError(f"no test images in {parts[1][0]}; add images, or raise `test_fraction` above 0")
     classes = _classes(parts)
 
     cache = _cache_dir(root, options)
@@ -216,7 +216,7 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
             (a, fa), (b, fb) = list(sizes.items())[:2]
             raise DataError(
                 f"the images differ in size ({fa.name}: {a[0]}x{a[1]}, {fb.name}: {b[0]}x{b[1]}); "
-                "pass --image-size S to resize the shorter side to S and centre-crop S x S"
+                "pass `image_size=S` to resize the shorter side to S and centre-crop S x S"
             )
     train_np = _decode_all(train_files, options.image_size, channels)
     test_np = _decode_all(test_files, options.image_size, channels)

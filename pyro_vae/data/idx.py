@@ -46,16 +46,16 @@ def load_raw(name: str, data_dir: str, download: bool = True) -> tuple[torch.Ten
     cls, folder = _TORCHVISION[name]
     raw = Path(data_dir, folder, "raw")
     if Path(data_dir).exists() and not Path(data_dir).is_dir():
-        raise DataError(f"--data-dir {data_dir} is a file; pass the folder that holds {folder}/raw/")
+        raise DataError(f"`data_dir={data_dir}` is a file; pass the folder that holds {folder}/raw/")
     missing = [f for f in _RAW_FILES if _find(raw, f) is None]
     if missing:
         if download:
             _download(cls, data_dir, name, raw, missing)
         else:
             raise DataError(
-                f"{name} not found in {raw} and --no-download is set (missing {', '.join(missing)}); expected "
+                f"{name} not found in {raw} and `download=False` is set (missing {', '.join(missing)}); expected "
                 f"{', '.join(f + '(.gz)' for f in _RAW_FILES)}; "
-                f"point --data-dir at a folder holding {folder}/raw/, e.g. --data-dir ../shared/data"
+                f"point `data_dir` at a folder holding {folder}/raw/, e.g. `data_dir=../shared/data`"
             )
     arrays = [_read_idx(_find(raw, f), 3 if "images" in f else 1) for f in _RAW_FILES]  # type: ignore[arg-type]
     for images, labels, stem in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
@@ -94,7 +94,7 @@ def _download(cls: type, data_dir: str, name: str, raw: Path, missing: list[str]
         raise DataError(
             f"{name} not found in {raw} and could not be downloaded ({type(exc).__name__}); missing "
             f"{', '.join(missing)}; expected {', '.join(f + '(.gz)' for f in _RAW_FILES)}; "
-            f"point --data-dir at a folder holding {folder}/raw/, e.g. --data-dir ../shared/data"
+            f"point `data_dir` at a folder holding {folder}/raw/, e.g. `data_dir=../shared/data`"
         ) from None
 
 

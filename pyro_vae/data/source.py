@@ -66,7 +66,7 @@ def to_patches(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[t
     n, c, h, w = images.shape
     rows, cols = h // size, w // size
     if rows == 0 or cols == 0:
-        raise DataError(f"--patches {size} is larger than the {h}x{w} images; pass at most {min(h, w)}")
+        raise DataError(f"`patches={size}` is larger than the {h}x{w} images; pass at most {min(h, w)}")
     x = images[:, :, : rows * size, : cols * size]
     x = x.reshape(n, c, rows, size, cols, size).permute(0, 2, 4, 1, 3, 5)  # (N, rows, cols, C, size, size)
     return x.reshape(n * rows * cols, c, size, size).contiguous(), labels.repeat_interleave(rows * cols)

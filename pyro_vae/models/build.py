@@ -14,7 +14,7 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.hierarchy import build_hierarchy
 from pyro_vae.models.vae import VAE
-from pyro_vae.parts.likelihoods import build_likelihood
+from pyro_vae.parts.likelihoods import build_likelihood, decoder_shape
 from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec, build_networks
 from pyro_vae.parts.priors import build_prior
 
@@ -30,6 +30,7 @@ def build_vae(
     *,
     decoder_hidden: Sequence[int] | None = None,
     conv: ConvSpec = DEFAULT_CONV,
+    mixture_components: int = 10,
 ) -> VAE:
     """A VAE from names or modules.
 
@@ -39,18 +40,23 @@ def build_vae(
     :param conv: the conv stack of ``net="conv"`` (:class:`pyro_vae.parts.nets.ConvSpec`).
     :param likelihood: a name of :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`, or your own module
         ``(decoder_output, event_dim) -> p(x|z)``; it should set ``data_kind`` (``"binary"``,
-        ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data`` and ``mean``.
+        ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data``, ``mean`` and
+        ``param_shape`` (what the decoder outputs per data point, if not the data point's shape).
+    :param mixture_components: the logistics per pixel of ``likelihood="discretized-mixture"``.
     """
     _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
+    if isinstance(likelihood, str):
+        likelihood = build_likelihood(likelihood, event_shape, likelihood_scale, mixture_components)
     if isinstance(net, str):
-        encoder, decoder = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv)
+        out = decoder_shape(likelihood, event_shape)
+        encoder, decoder = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)
     else:
         encoder, decoder = net
     return VAE(
         encoder,
         decoder,
         build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
-        build_likelihood(likelihood, event_shape, likelihood_scale) if isinstance(likelihood, str) else likelihood,
+        likelihood,
         event_shape,
     )
 
@@ -77,45 +83,52 @@ def _check_sizes(
         if not all(count(w) for w in widths):
             raise ConfigError(f"{name} must be positive widths (or empty for a linear map), got {list(widths)}")
     if not (isinstance(likelihood_scale, numbers.Real) and math.isfinite(likelihood_scale) and likelihood_scale > 0):
-        raise ConfigError(f"likelihood_scale must be a finite number > 0, got {likelihood_scale!r}")
+        raise ConfigError(f"`likelihood_scale` must be a finite number > 0, got {likelihood_scale!r}")
 
 
 def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.Module) -> VAE:
     """The VAE a :class:`pyro_vae.TrainConfig` names, with any of ``encoder``, ``decoder``, ``prior``
     and ``likelihood`` given as a module in place of its name."""
     net: Any = config.net
+    likelihood = parts.get("likelihood") or build_likelihood(
+        config.likelihood, event_shape, config.likelihood_scale, getattr(config, "mixture_components", 10)
+    )
+    out = decoder_shape(likelihood, event_shape)
+    if getattr(config, "model", "vae") == "ladder":
+        return _hierarchy_from_config(event_shape, config, parts, likelihood, out)
     if "encoder" in parts or "decoder" in parts or config.net == "custom":
         default: tuple[Any, Any] = (None, None)
         if config.net != "custom":
             default = build_networks(
-                config.net, event_shape, config.z_dim, config.hidden, config.decoder_hidden, config.conv_spec()
+                config.net, event_shape, config.z_dim, config.hidden, config.decoder_hidden, config.conv_spec(), out
             )
         net = (parts.get("encoder") or default[0], parts.get("decoder") or default[1])
-    if getattr(config, "model", "vae") == "ladder":
-        return _hierarchy_from_config(event_shape, config, parts)
     return build_vae(
         event_shape,
         net,
         config.z_dim,
         config.hidden,
         parts.get("prior") or config.prior,
-        parts.get("likelihood") or config.likelihood,
+        likelihood,
         config.likelihood_scale,
         decoder_hidden=config.decoder_hidden,
         conv=config.conv_spec(),
     )
 
 
-def _hierarchy_from_config(event_shape: Sequence[int], config: Any, parts: dict[str, nn.Module]) -> VAE:
+def _hierarchy_from_config(
+    event_shape: Sequence[int], config: Any, parts: dict[str, nn.Module], likelihood: nn.Module, out: tuple[int, ...]
+) -> VAE:
     if "encoder" in parts or config.net == "custom":
-        raise ConfigError("--model ladder builds its own inference network; pass a decoder, prior or likelihood only")
+        raise ConfigError("`model=ladder` builds its own inference network; pass a decoder, prior or likelihood only")
     latents, hidden = config.hierarchy()
     decoder = parts.get("decoder")
     if decoder is None:
         # the data's decoder from z_1: the MLP mirrors the first deterministic layer, or the conv stack
         dec_hidden = config.decoder_hidden if config.decoder_hidden is not None else (hidden[0],)
-        decoder = build_networks(config.net, event_shape, latents[0], (hidden[0],), dec_hidden, config.conv_spec())[1]
-    likelihood = parts.get("likelihood") or build_likelihood(config.likelihood, event_shape, config.likelihood_scale)
+        decoder = build_networks(
+            config.net, event_shape, latents[0], (hidden[0],), dec_hidden, config.conv_spec(), out
+        )[1]
     return build_hierarchy(
         event_shape,
         latents,

@@ -142,7 +142,7 @@ class HierarchicalVAE(VAE):
     ) -> None:
         super().__init__(encoder, decoder, prior, likelihood, event_shape)
         if inference not in INFERENCES:
-            raise ConfigError(f"unknown --inference {inference!r}; choose one of {', '.join(INFERENCES)}")
+            raise ConfigError(f"unknown `inference={inference!r}`; choose one of {', '.join(INFERENCES)}")
         self.top_down = top_down
         self.inference = inference
         self.layers = len(top_down) + 1
@@ -165,7 +165,7 @@ class HierarchicalVAE(VAE):
         self._register("encoder", "top_down")
         with pyro.plate("data", x.shape[0]):
             if self.inference == "ladder":
-                stats = self.encoder.all(x)
+                stats = self.encoder.all(self.encoder_input(x))
                 loc, scale = stats[-1]
                 with self._kl_scaled():
                     z = pyro.sample(f"z{self.layers}", dist.Normal(loc, scale).to_event(1))
@@ -175,7 +175,7 @@ class HierarchicalVAE(VAE):
                     with self._kl_scaled():
                         z = pyro.sample(f"z{i + 1}", dist.Normal(loc, scale).to_event(1))
             else:
-                loc, scale = self.encoder(x)
+                loc, scale = self.encoder(self.encoder_input(x))
                 for i in range(self.layers):
                     if i > 0:
                         loc, scale = self.encoder.layers[i](z)
@@ -192,14 +192,14 @@ class HierarchicalVAE(VAE):
         below (bottom-up) it: what the pictures reconstruct from and active units are counted on."""
         means: list[torch.Tensor] = []
         if self.inference == "ladder":
-            stats = self.encoder.all(x)
+            stats = self.encoder.all(self.encoder_input(x))
             z = stats[-1][0]
             means.append(z)
             for i in reversed(range(self.layers - 1)):
                 z = precision_merge(*stats[i], *self.top_down[i](z))[0]
                 means.append(z)
             return means[::-1]
-        z = self.encoder(x)[0]
+        z = self.encoder(self.encoder_input(x))[0]
         means.append(z)
         for i in range(1, self.layers):
             z = self.encoder.layers[i](z)[0]
@@ -236,11 +236,11 @@ def build_hierarchy(
     ``batch_norm`` adds batch norm to every deterministic layer of the hierarchy."""
     if len(latents) != len(hidden):
         raise ConfigError(
-            f"a hierarchy needs one --hidden width per latent layer: --latents {' '.join(map(str, latents))} "
-            f"has {len(latents)} layers, --hidden {' '.join(map(str, hidden))} has {len(hidden)}"
+            f"a hierarchy needs one `hidden` width per latent layer: `latents={' '.join(map(str, latents))}` "
+            f"has {len(latents)} layers, `hidden={' '.join(map(str, hidden))}` has {len(hidden)}"
         )
     if inference not in INFERENCES:
-        raise ConfigError(f"unknown --inference {inference!r}; choose one of {', '.join(INFERENCES)}")
+        raise ConfigError(f"unknown `inference={inference!r}`; choose one of {', '.join(INFERENCES)}")
     cls = LadderEncoder if inference == "ladder" else BottomUpEncoder
     encoder: nn.Module = cls(event_shape, latents, hidden, batch_norm)
     top_down = nn.ModuleList(
@@ -249,7 +249,7 @@ def build_hierarchy(
     if prior is None:
         if prior_name == "vamp" and inference != "ladder":
             raise ConfigError(
-                "--prior vamp needs a top posterior that depends on x alone: use --inference ladder "
+                "`prior=vamp` needs a top posterior that depends on x alone: use `inference=ladder` "
                 "(the bottom-up guide's q(z_L | z_{L-1}) depends on the layers below)"
             )
         prior = build_prior(prior_name, latents[-1], encoder, event_shape)

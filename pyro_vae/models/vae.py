@@ -98,9 +98,15 @@ class VAE(nn.Module):
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
         self._register("encoder")
         with pyro.plate("data", x.shape[0]):
-            loc, scale = map(_full_precision, self.encoder(x))
+            loc, scale = map(_full_precision, self.encoder(self.encoder_input(x)))
             with self._kl_scaled():
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of ``x``: 8-bit data (``data_kind == "byte"``) as x / 127.5 − 1 in
+        [−1, 1], so a network's first layer meets inputs of order one (raw values up to 255 saturate it
+        and start z far from the prior); other data as they are. The likelihood scores ``x`` itself."""
+        return x / 127.5 - 1 if self.data_kind == "byte" else x
 
     def _kl_scaled(self) -> AbstractContextManager:
         if isinstance(self.kl_weight, torch.Tensor):  # a device tensor (CUDA graphs): no host read
@@ -142,12 +148,12 @@ class VAE(nn.Module):
     @torch.no_grad()
     def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The guide's mean of each latent layer; the first is what the decoder takes."""
-        return [self.encoder(x)[0]]
+        return [self.encoder(self.encoder_input(x))[0]]
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior mean]: what the pictures show."""
-        loc, _ = self.encoder(x)
+        loc, _ = self.encoder(self.encoder_input(x))
         return self.decode_mean(loc)
 
     @torch.no_grad()

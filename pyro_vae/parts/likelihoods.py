@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.distributions import TorchDistribution, constraints
 from torch import nn
-from torch.distributions.utils import broadcast_all
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.parts.discrete import (
+    DecoderLogisticLikelihood,
+    DiscretizedLogistic,
+    DiscretizedMixtureLikelihood,
+)
 from pyro_vae.parts.registry import Registry
 
 
@@ -85,7 +87,7 @@ class BernoulliLikelihood(nn.Module):
             v = x[bad][0].item()
             raise DataError(
                 f"Bernoulli likelihood needs binary {what} (0 or 1), found {v:g}; "
-                "binarize the pixels (pyro_vae.data.binarize) or use --likelihood continuous-bernoulli"
+                "binarize the pixels (pyro_vae.data.binarize) or use `likelihood=continuous-bernoulli`"
             )
 
 
@@ -194,54 +196,43 @@ class LaplaceLikelihood(_LocScaleLikelihood):
     name = "Laplace"
 
 
-class DiscretizedLogistic(TorchDistribution):
-    """8-bit values k ∈ {0, …, 255}: P(k) = F(k + ½) − F(k − ½) for a logistic CDF F with
-    ``loc`` and ``scale`` in pixel units, the end bins taking the tails (PixelCNN++), so the
-    256 probabilities sum to one."""
+class DecoderNormalLikelihood(nn.Module):
+    """p(x|z) = Normal(loc, scale) on [0, 1] intensities, location **and** log-scale from the decoder
+    (its output has twice the channels: the C location maps, then the C log-scale maps). The scale is
+    bounded smoothly to [1e-3, 1], starting at 0.1."""
 
-    arg_constraints: ClassVar = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.integer_interval(0, 255)
+    data_kind = "unit"
 
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None) -> None:
-        self.loc, self.scale = broadcast_all(loc, scale)
-        super().__init__(self.loc.shape, torch.Size(), validate_args=validate_args)
+    def __init__(self, event_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = tuple(event_shape)
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(DiscretizedLogistic, _instance)
-        new.loc = self.loc.expand(batch_shape)
-        new.scale = self.scale.expand(batch_shape)
-        super(DiscretizedLogistic, new).__init__(torch.Size(batch_shape), torch.Size(), validate_args=False)
-        new._validate_args = self._validate_args
-        return new
+    def param_shape(self, event_shape: Sequence[int]) -> tuple[int, ...]:
+        return (2 * event_shape[0], *event_shape[1:])
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        upper = (value + 0.5 - self.loc) / self.scale
-        lower = (value - 0.5 - self.loc) / self.scale
-        log_cdf_upper, log_cdf_lower = -F.softplus(-upper), -F.softplus(-lower)  # log F
-        log_sf_upper, log_sf_lower = -F.softplus(upper), -F.softplus(lower)  # log(1 − F)
-        # F(u) − F(l) in logs: as F(u)(1 − F(l)/F(u)) left of the location and as S(l)(1 − S(u)/S(l))
-        # right of it, so neither tail loses the difference to rounding. The clamp only guards
-        # exact cancellation (scale > ~1e5 pixels) and the branch torch.where discards.
-        log_left = log_cdf_upper + torch.log(-torch.expm1((log_cdf_lower - log_cdf_upper).clamp(max=-1e-6)))
-        log_right = log_sf_lower + torch.log(-torch.expm1((log_sf_upper - log_sf_lower).clamp(max=-1e-6)))
-        log_mid = torch.where(value < self.loc, log_left, log_right)
-        return torch.where(value <= 0, log_cdf_upper, torch.where(value >= 255, log_sf_lower, log_mid))
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = out.chunk(2, dim=out.dim() - len(self.event_shape))
+        # log-scale between log 1e-3 and log 1 through a sigmoid, 0.1 at raw 0
+        lo, hi, init = math.log(1e-3), 0.0, math.log(0.1)
+        return loc, torch.exp(lo + (hi - lo) * torch.sigmoid(raw + math.log((init - lo) / (hi - init))))
 
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.loc.clamp(0, 255)
+    def forward(self, out: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
+        loc, scale = self._split(out)
+        return dist.Normal(loc, scale).to_event(event_dim)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        shape = self._extended_shape(sample_shape)
-        u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
-        with torch.no_grad():
-            return (self.loc + self.scale * (u.log() - (-u).log1p())).round().clamp(0, 255)
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._split(out)[0].clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        if not torch.isfinite(x).all():
+            raise DataError(f"Normal likelihood got NaN or Inf in the {what}; clean the data")
 
 
 class DiscretizedLogisticLikelihood(nn.Module):
-    """Discretised logistic over 8-bit pixel values, with a learned per-pixel scale.
+    """Discretised logistic over 8-bit pixel values, with a learned scale per pixel **position** (a
+    parameter, the same for every image): ``discretized-logistic-pixel``. The decoder-predicted scale of
+    :class:`pyro_vae.parts.discrete.DecoderLogisticLikelihood` trains far better; this one stays for
+    comparison and for the runs trained with it.
 
     The decoder output o maps to the location 127.5 (1 + o) in pixel units, so o ∈ [−1, 1]
     spans the pixel range, as in PixelCNN++."""
@@ -264,41 +255,65 @@ class DiscretizedLogisticLikelihood(nn.Module):
             raise DataError(f"discretized logistic likelihood needs whole 8-bit values in the {what}; found fractions")
 
 
-# the names of the command line: what each likelihood models; each is built from (event_shape, scale)
+# the names of the command line: what each likelihood models; each is built from
+# (event_shape, scale, components): the fixed or initial scale, and a mixture's number of components
 LIKELIHOODS = Registry("likelihood")
-LIKELIHOODS.add("bernoulli", "Bernoulli from logits on binarized pixels", lambda shape, scale: BernoulliLikelihood())
+LIKELIHOODS.add("bernoulli", "Bernoulli from logits on binarized pixels", lambda shape, scale, m: BernoulliLikelihood())
 LIKELIHOODS.add(
     "continuous-bernoulli",
     "continuous Bernoulli (normalised) on [0, 1] intensities",
-    lambda shape, scale: ContinuousBernoulliLikelihood(),
+    lambda shape, scale, m: ContinuousBernoulliLikelihood(),
 )
 LIKELIHOODS.add(
     "normal",
-    "Normal with a fixed scale (--likelihood-scale) on [0, 1] intensities",
-    lambda shape, scale: NormalLikelihood(scale),
+    "Normal with a fixed scale (`likelihood_scale`) on [0, 1] intensities",
+    lambda shape, scale, m: NormalLikelihood(scale),
 )
 LIKELIHOODS.add(
     "normal-image",
     "Normal with one learned scale for all pixels",
-    lambda shape, scale: NormalLikelihood(scale, "image", shape),
+    lambda shape, scale, m: NormalLikelihood(scale, "image", shape),
 )
 LIKELIHOODS.add(
     "normal-pixel",
-    "Normal with a learned scale per pixel",
-    lambda shape, scale: NormalLikelihood(scale, "pixel", shape),
+    "Normal with a learned scale per pixel position (a parameter, the same for every image)",
+    lambda shape, scale, m: NormalLikelihood(scale, "pixel", shape),
+)
+LIKELIHOODS.add(
+    "normal-decoder",
+    "Normal with location and log-scale per pixel from the decoder",
+    lambda shape, scale, m: DecoderNormalLikelihood(shape),
 )
 LIKELIHOODS.add(
     "laplace",
-    "Laplace with a fixed scale (--likelihood-scale) on [0, 1] intensities",
-    lambda shape, scale: LaplaceLikelihood(scale),
+    "Laplace with a fixed scale (`likelihood_scale`) on [0, 1] intensities",
+    lambda shape, scale, m: LaplaceLikelihood(scale),
 )
 LIKELIHOODS.add(
     "discretized-logistic",
-    "discretised logistic on 8-bit values, learned per-pixel scale",
-    lambda shape, scale: DiscretizedLogisticLikelihood(shape),
+    "discretised logistic on 8-bit values, location and log-scale per pixel from the decoder",
+    lambda shape, scale, m: DecoderLogisticLikelihood(shape),
+)
+LIKELIHOODS.add(
+    "discretized-logistic-pixel",
+    "discretised logistic on 8-bit values, learned scale per pixel position (the earlier default)",
+    lambda shape, scale, m: DiscretizedLogisticLikelihood(shape),
+)
+LIKELIHOODS.add(
+    "discretized-mixture",
+    "mixture of `mixture_components` discretised logistics per pixel, coupled RGB means (PixelCNN++)",
+    lambda shape, scale, m: DiscretizedMixtureLikelihood(shape, m),
 )
 
 
-def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1) -> nn.Module:
-    """The likelihood called ``name`` (see :data:`LIKELIHOODS`); ``scale`` is the fixed or initial scale."""
-    return LIKELIHOODS.build(name, event_shape, scale)
+def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1, components: int = 10) -> nn.Module:
+    """The likelihood called ``name`` (see :data:`LIKELIHOODS`); ``scale`` is the fixed or initial scale,
+    ``components`` the number of logistics of ``discretized-mixture``."""
+    return LIKELIHOODS.build(name, event_shape, scale, components)
+
+
+def decoder_shape(likelihood: nn.Module, event_shape: Sequence[int]) -> tuple[int, ...]:
+    """What the decoder must output per data point for ``likelihood``: its ``param_shape`` where it has
+    one (location and scale maps, mixture parameters), else the data point's own shape."""
+    param_shape = getattr(likelihood, "param_shape", None)
+    return tuple(param_shape(tuple(event_shape))) if param_shape is not None else tuple(event_shape)

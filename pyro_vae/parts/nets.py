@@ -87,13 +87,13 @@ class ConvSpec:
     def check(self) -> ConvSpec:
         if not self.channels or len(self.channels) != len(self.strides):
             raise ConfigError(
-                f"--conv-channels and --conv-strides need one value per layer, got {list(self.channels)} and "
+                f"`conv_channels` and `conv_strides` need one value per layer, got {list(self.channels)} and "
                 f"{list(self.strides)}"
             )
         if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
-            raise ConfigError("--conv-channels and --conv-strides must be positive integers")
+            raise ConfigError("`conv_channels` and `conv_strides` must be positive integers")
         if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ConfigError(f"--conv-kernel must be odd (3, 5, ...) so 'same' padding exists, got {self.kernel}")
+            raise ConfigError(f"`conv_kernel` must be odd (3, 5, ...) so 'same' padding exists, got {self.kernel}")
         if self.dense is not None and self.dense < 1:
             raise ConfigError(f"the dense layer width must be positive, got {self.dense}")
         return self
@@ -114,7 +114,7 @@ DEFAULT_CONV = ConvSpec()
 def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(event_shape) != 3:
         raise ConfigError(
-            f"--net conv needs images shaped (channels, height, width), got {tuple(event_shape)}; use --net mlp"
+            f"`net=conv` needs images shaped (channels, height, width), got {tuple(event_shape)}; use `net=mlp`"
         )
     c, h, w = event_shape
     return c, h, w
@@ -149,12 +149,20 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """Dense (optional dense layer first) -> reshape -> ConvTranspose2d mirroring :class:`ConvEncoder`;
-    outputs the likelihood's parameters (logits for Bernoulli) at the data's exact size."""
+    outputs the likelihood's parameters (logits for Bernoulli) at the data's exact size.
 
-    def __init__(self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV) -> None:
+    :param event_shape: what it outputs per data point, ``(maps, H, W)``.
+    :param event_channels: the data's channels, when the likelihood wants more maps than that: the
+        transposed convs then end in features and a 1x1 conv head gives the maps.
+    """
+
+    def __init__(
+        self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV, event_channels: int | None = None
+    ) -> None:
         super().__init__()
         spec.check()
         channels, h, w = _image_shape(event_shape)
+        event_channels = channels if event_channels is None else event_channels
         sizes = spec.sizes((h, w))
         self.event_shape = (channels, h, w)
         self.start = (spec.channels[-1], *sizes[-1])
@@ -166,8 +174,12 @@ class ConvDecoder(nn.Module):
         dense.append(nn.Linear(width, math.prod(self.start)))
         self.dense = nn.Sequential(*dense) if spec.dense is not None else dense[0]
         layers: list[nn.Module] = []
-        # walk the encoder backwards; output_padding restores sizes that a strided conv rounded down
-        outs = [*reversed(spec.channels[:-1]), channels]
+        # walk the encoder backwards; output_padding restores sizes that a strided conv rounded down.
+        # A likelihood with more than one map per channel (location and scale, mixture parameters) gets
+        # a head: the last transposed conv gives features, a 1x1 conv the parameters of each pixel
+        head = channels != event_channels
+        last = spec.channels[0] if head else channels
+        outs = [*reversed(spec.channels[:-1]), last]
         pad = spec.kernel // 2
         n = len(spec.strides)
         for i, stride in enumerate(reversed(spec.strides)):
@@ -180,8 +192,10 @@ class ConvDecoder(nn.Module):
             layers.append(
                 nn.ConvTranspose2d(c_in, outs[i], spec.kernel, stride=stride, padding=pad, output_padding=out_pad)
             )
-            if i < n - 1:
+            if i < n - 1 or head:
                 layers.append(nn.LeakyReLU())
+        if head:
+            layers.append(nn.Conv2d(last, channels, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -197,6 +211,7 @@ def build_networks(
     hidden: Sequence[int] = (400,),
     decoder_hidden: Sequence[int] | None = None,
     conv: ConvSpec = DEFAULT_CONV,
+    out_shape: Sequence[int] | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder and decoder for data points of ``event_shape``.
 
@@ -206,23 +221,27 @@ def build_networks(
     :param hidden: MLP encoder widths (ignored by ``"conv"``).
     :param decoder_hidden: MLP decoder widths from z outwards; default: the encoder's reversed.
     :param conv: the convolutional stack of ``"conv"``.
+    :param out_shape: what the decoder outputs per data point, when the likelihood wants more than one
+        map per channel (:func:`pyro_vae.parts.likelihoods.decoder_shape`); default ``event_shape``.
     """
-    return NETWORKS.build(net, event_shape, z_dim, tuple(hidden), decoder_hidden, conv)
+    out = tuple(event_shape) if out_shape is None else tuple(out_shape)
+    return NETWORKS.build(net, event_shape, z_dim, tuple(hidden), decoder_hidden, conv, out)
 
 
-def _mlp(event_shape, z_dim, hidden, decoder_hidden, conv) -> tuple[nn.Module, nn.Module]:
+def _mlp(event_shape, z_dim, hidden, decoder_hidden, conv, out_shape) -> tuple[nn.Module, nn.Module]:
     dec = tuple(reversed(tuple(decoder_hidden))) if decoder_hidden is not None else hidden
-    return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(event_shape, z_dim, dec)
+    return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(out_shape, z_dim, dec)
 
 
-# encoder/decoder pairs, each built from (event_shape, z_dim, hidden, decoder_hidden, conv)
+# encoder/decoder pairs, each built from (event_shape, z_dim, hidden, decoder_hidden, conv, out_shape):
+# the decoder outputs out_shape (the likelihood's parameters) per data point
 NETWORKS = Registry("net")
-NETWORKS.add("mlp", "fully connected, ReLU, widths --hidden (decoder mirrored or --decoder-hidden)", _mlp)
+NETWORKS.add("mlp", "fully connected, ReLU, widths `hidden` (decoder mirrored or `decoder_hidden`)", _mlp)
 NETWORKS.add(
     "conv",
-    "Conv2d stack (--conv-channels/--conv-strides/--conv-depth), mirrored ConvTranspose2d decoder",
-    lambda event_shape, z_dim, hidden, decoder_hidden, conv: (
+    "Conv2d stack (`conv_channels`/`conv_strides`/`conv_depth`), mirrored ConvTranspose2d decoder",
+    lambda event_shape, z_dim, hidden, decoder_hidden, conv, out_shape: (
         ConvEncoder(event_shape, z_dim, conv),
-        ConvDecoder(event_shape, z_dim, conv),
+        ConvDecoder(out_shape, z_dim, conv, event_shape[0]),
     ),
 )

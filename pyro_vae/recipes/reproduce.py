@@ -155,7 +155,7 @@ def check_run_is_recipe(run_dir: Path, recipe: Recipe) -> None:
         shown = ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise RunError(
             f"{run_dir} was not trained with recipe {recipe.name} ({shown}), so it cannot be labelled as it; "
-            f"pass another --out"
+            f"pass another `out`"
         )
     record = read_run_json(run_dir).get("data") or {}
     if record.get("source") == "memory":
@@ -176,7 +176,7 @@ def _check_minutes(minutes: float | None) -> None:
         or not isinstance(minutes, (int, float))
         or not (math.isfinite(minutes) and minutes > 0)
     ):
-        raise ConfigError(f"--minutes must be a finite number of minutes > 0, got {minutes!r}; e.g. --minutes 60")
+        raise ConfigError(f"`minutes` must be a finite number of minutes > 0, got {minutes!r}; e.g. `minutes=60`")
 
 
 def _protocol_checkpoint(run_dir: Path, recipe: Recipe) -> Path:
@@ -222,9 +222,9 @@ def score(
 ) -> dict:
     """The recipe's protocol on the run: K importance samples over the whole split with its checkpoint,
     added to the run's ``eval.json`` (an earlier evaluation of the same checkpoint is reused)."""
+    from pyro_vae.distributed import resolve_device
     from pyro_vae.evaluate import evaluate
     from pyro_vae.runs import load_run_and_data, read_checkpoint, record_results
-    from pyro_vae.training import resolve_device
 
     checkpoint = _protocol_checkpoint(run_dir, recipe)
     epoch = int(read_checkpoint(checkpoint)["epoch"])
@@ -291,7 +291,7 @@ def reproduce(
             resume(run_dir, epochs=recipe.epochs, progress=progress, time_limit=minutes)
     else:
         if not train:
-            raise ConfigError(f"{run_dir} holds no run to score; drop --no-train to train recipe {name} there")
+            raise ConfigError(f"{run_dir} holds no run to score; drop `train=False` to train recipe {name} there")
         check_out_dir(run_dir)
         overrides = {"out": str(run_dir), "device": device, "time_limit": minutes, "progress": progress}
         if data_dir is not None:

@@ -49,25 +49,25 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     """
     text = str(out)
     if not text.strip():
-        raise ConfigError("--out is empty; pass a folder name, or leave --out out for runs/<name>-<time>")
+        raise ConfigError("`out` is empty; pass a folder name, or leave `out` out for runs/<name>-<time>")
     path = Path(text)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {path} is a file, not a folder; pass a new folder name")
+        raise ConfigError(f"`out={path}` is a file, not a folder; pass a new folder name")
     if path.is_dir():
         if (path / "config.json").exists():
-            raise ConfigError(f"{path} already holds a run (config.json); pass a new --out, or --resume {path}")
+            raise ConfigError(f"{path} already holds a run (config.json); pass a new `out`, or --resume {path}")
         if any(path.iterdir()):
             raise ConfigError(
-                f"--out {path} is not empty; a new run needs a new or empty folder (its files would mix "
-                "with or overwrite what is there); pass another --out"
+                f"`out={path}` is not empty; a new run needs a new or empty folder (its files would mix "
+                "with or overwrite what is there); pass another `out`"
             )
     parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"--out {path} lies below {parent}, which is a file; pass a folder elsewhere")
+        raise ConfigError(f"`out={path}` lies below {parent}, which is a file; pass a folder elsewhere")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {path}: cannot write in {parent} (permission denied); pass a folder you can write")
+        raise ConfigError(f"`out={path}`: cannot write in {parent} (permission denied); pass a folder you can write")
     return path
 
 
@@ -95,7 +95,7 @@ def make_run_dir(out: str | os.PathLike) -> Path:
                 d.rmdir()
             except OSError:
                 pass
-        raise ConfigError(f"cannot create run folder {path}: {exc.strerror or exc}; pass another --out") from None
+        raise ConfigError(f"cannot create run folder {path}: {exc.strerror or exc}; pass another `out`") from None
     return path
 
 
@@ -137,7 +137,7 @@ def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: st
         raise DataError(
             f"the {which} data loaded from {where} differ from what {run} was trained on "
             f"({saved.get('name')}, {saved.get(f'{which}_size')} images, fingerprint {want}; these have {fp}); "
-            "point --data-dir at the run's data, or pass the same data"
+            "point `data_dir` at the run's data, or pass the same data"
         )
 
 

@@ -109,7 +109,7 @@ def load_run_and_data(
     if split not in ("test", "train", "valid"):
         raise ConfigError(f"unknown split {split!r}; choose test, train or valid")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"--limit must be a positive number of images, got {limit}")
+        raise ConfigError(f"`limit` must be a positive number of images, got {limit}")
     saved = read_run_json(run_dir)
     config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))  # parsed once, passed on
     record = saved.get("data")

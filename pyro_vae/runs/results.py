@@ -20,13 +20,13 @@ def _read_results(path: Path) -> list[dict]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"{path} exists but is not an evaluation file ({type(exc).__name__}); move it away or pass --out"
+            f"{path} exists but is not an evaluation file ({type(exc).__name__}); move it away or pass `out`"
         ) from None
     if isinstance(data, dict) and isinstance(data.get("evaluations"), list):
         return data["evaluations"]
     if isinstance(data, dict) and "nll" in data and "split" in data:  # one result, as written before
         return [data]
-    raise ConfigError(f"{path} exists but is not an evaluation file; move it away or pass --out")
+    raise ConfigError(f"{path} exists but is not an evaluation file; move it away or pass `out`")
 
 
 def check_results_file(path: str | Path) -> None:

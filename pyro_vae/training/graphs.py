@@ -142,6 +142,6 @@ class GraphStep:
             self.graph, self.loss, self.static_x = None, None, None
             for p in self.params:
                 p.grad = None
-            self.say(f"--cuda-graphs: could not capture the step ({self.failed}); training eagerly")
+            self.say(f"CUDA graphs: could not capture the step ({self.failed}); training eagerly")
             return
         self.graph = graph

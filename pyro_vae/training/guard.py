@@ -89,7 +89,7 @@ def stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, be
     what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
     raise NonFiniteLoss(
         f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
-        f"try a lower --lr (now {run.config.lr:g}), --clip-grad 100, or a KL warm-up (--kl-schedule linear --warmup 1)"
+        f"try a lower `lr` (now {run.config.lr:g}), `clip_grad=100`, or a KL warm-up (`kl_schedule=linear` `warmup=1`)"
     )
 
 

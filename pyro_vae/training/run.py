@@ -139,7 +139,7 @@ def _prepare_resume(
     saved = read_run_json(run_dir)
     config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"--epochs must be a positive integer, got {epochs}")
+        raise ConfigError(f"`epochs` must be a positive integer, got {epochs}")
     config = replace(
         config,
         epochs=config.epochs if epochs is None else epochs,
@@ -152,7 +152,7 @@ def _prepare_resume(
         or not isinstance(config.time_limit, (int, float))
         or not (math.isfinite(config.time_limit) and config.time_limit > 0)
     ):
-        raise ConfigError(f"time_limit must be a finite number of minutes > 0, got {config.time_limit!r}")
+        raise ConfigError(f"`time_limit` must be a finite number of minutes > 0, got {config.time_limit!r}")
     record, custom = saved.get("data") or {}, saved.get("custom") or {}
     missing_parts(custom, parts, run_dir, "resume")
     if record.get("source") == "memory" and data is None:
@@ -169,10 +169,10 @@ def _prepare_resume(
     if state["epoch"] >= config.epochs and state["position"] is None:
         raise ConfigError(
             f"{run_dir} has already trained {state['epoch']} of {config.epochs} epochs; "
-            f"pass --epochs N with N > {state['epoch']} to go on"
+            f"pass `epochs=N` with N > {state['epoch']} to go on"
         )
     if config.kl_schedule == "cyclical" and config.epochs != state_config.epochs:
-        raise ConfigError("--epochs cannot change on resume with --kl-schedule cyclical: the cycles span the run")
+        raise ConfigError("`epochs` cannot change on resume with `kl_schedule=cyclical`: the cycles span the run")
     vae = None
     if custom:
         vae = build_vae_from_config(state["event_shape"], config, **parts)

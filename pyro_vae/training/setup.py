@@ -22,7 +22,7 @@ from pyro_vae.data import (
     load_source,
     prepare,
 )
-from pyro_vae.distributed import World, derive_seed, device_for, gather_objects, world
+from pyro_vae.distributed import World, derive_seed, device_for, gather_objects, resolve_device, world
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
@@ -30,17 +30,6 @@ from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when torch sees a GPU, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu or --device auto")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown --device {name!r}; choose one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 def describe_objective(vae: VAE, config: TrainConfig) -> str:
@@ -78,7 +67,7 @@ def check_image_data(data: ImageData) -> None:
             fix = "torch.from_numpy(array)" if type(x).__module__ == "numpy" else "torch.as_tensor(...)"
             raise DataError(f"the {name} images must be a torch tensor, got {type(x).__name__}; wrap them: {fix}")
         if len(x) == 0:
-            raise DataError(f"the {name} set is empty; check --limit-train/--limit-test and the data folder")
+            raise DataError(f"the {name} set is empty; check `limit_train`/`limit_test` and the data folder")
     if data.train.dtype != torch.uint8:
         raise DataError(
             f"training images must be uint8 intensities 0..255, got {data.train.dtype}; pass raw pixels and "
@@ -160,20 +149,20 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         custom_named = [p for p in named if getattr(config, p) == "custom"]
         if custom_named:
             raise ConfigError(
-                f"--{custom_named[0]} custom needs your module: train(config, vae=build_vae(..., "
+                f"`{custom_named[0]}=custom` needs your module: train(config, vae=build_vae(..., "
                 f"{custom_named[0]}=<module>)), or name a built-in {custom_named[0]}"
             )
     device = device_for(resolve_device(config.device))
     here = world()
     if config.bf16 and device.type != "cuda":
-        raise ConfigError("--bf16 autocast is for CUDA; drop it on the CPU")
+        raise ConfigError("`bf16` autocast is for CUDA; drop it on the CPU")
     if config.cuda_graphs:
         if device.type != "cuda":
-            raise ConfigError("--cuda-graphs needs CUDA; drop it on the CPU")
+            raise ConfigError("`cuda_graphs` needs CUDA; drop it on the CPU")
         if here.distributed:
-            raise ConfigError("--cuda-graphs is for one process; drop it under torchrun")
+            raise ConfigError("`cuda_graphs` is for one process; drop it under torchrun")
         if config.compile:
-            raise ConfigError("--cuda-graphs and --compile both rewrite the step; pick one")
+            raise ConfigError("`cuda_graphs` and `compile` both rewrite the step; pick one")
     out = config.out or _default_out(config)
     if here.distributed:  # rank 0's clock names the folder
         out = gather_objects(out)[0]
@@ -195,9 +184,9 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         with torch.device("meta"):
             sketch = build_vae_from_config(event_shape, config)
         hidden = " ".join(map(str, config.hidden))
-        sizes = f"--z-dim {config.z_dim}, --hidden {hidden}, --batch-size {config.batch_size}"
+        sizes = f"`z_dim={config.z_dim}`, `hidden={hidden}`, `batch_size={config.batch_size}`"
         if config.elbo == "iwae":
-            sizes += f", --particles {config.particles}"
+            sizes += f", `particles={config.particles}`"
         check_fits(
             training_bytes(sketch, event_shape, config.z_dim, points),
             device,
@@ -221,9 +210,9 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         )
     if getattr(vae, "inference", None) == "bottom-up" and config.elbo == "analytic":
         raise ConfigError(
-            "--elbo analytic with --inference bottom-up would be biased: the guide draws z_1 before z_2, so "
-            "KL(q(z_1|x) || p(z_1|z_2)) at a z_2 drawn from z_1 is not an unbiased KL term; use --elbo mc or "
-            "--inference ladder"
+            "`elbo=analytic` with `inference=bottom-up` would be biased: the guide draws z_1 before z_2, so "
+            "KL(q(z_1|x) || p(z_1|z_2)) at a z_2 drawn from z_1 is not an unbiased KL term; use `elbo=mc` or "
+            "`inference=ladder`"
         )
     kind = vae.data_kind
     if raw is not None:
@@ -231,7 +220,7 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
     assert data is not None
     if data.kind != kind:
         raise ConfigError(
-            f"the data were prepared as {data.kind!r} but --likelihood {config.likelihood} expects {kind!r}; "
+            f"the data were prepared as {data.kind!r} but `likelihood={config.likelihood}` expects {kind!r}; "
             f"load them with load_data(..., kind={kind!r})"
         )
     check_image_data(data)
@@ -240,13 +229,13 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         if config.validation:
             raise ConfigError(
                 f"{config.dataset} has its own validation split ({len(data.valid)} images) for best.pt; "
-                "drop --validation"
+                "drop `validation`"
             )
         val = fixed(data.valid, kind, config.test_binarization_seed + 1, data.binary)
     elif config.validation:
         if config.validation >= len(data.train):
             raise ConfigError(
-                f"--validation {config.validation} leaves no training images out of {len(data.train)}; lower it"
+                f"`validation={config.validation}` leaves no training images out of {len(data.train)}; lower it"
             )
         train_images = data.train[: -config.validation]
         # held out once, binarized once with a seed of its own, like the test set
@@ -254,11 +243,11 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
         val = prepare(data.train[-config.validation :], kind, g, data.binary)
     if config.batch_size > len(train_images):
         raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(train_images)} training images; lower it"
+            f"`batch_size={config.batch_size}` is larger than the {len(train_images)} training images; lower it"
         )
     if config.batch_size < here.size:
         raise ConfigError(
-            f"--batch-size {config.batch_size} is the global batch, split across {here.size} ranks; "
+            f"`batch_size={config.batch_size}` is the global batch, split across {here.size} ranks; "
             f"pass at least {here.size}"
         )
     vae.check_data(data.test, "test images")

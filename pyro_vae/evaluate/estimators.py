@@ -1,24 +1,10 @@
-"""Held-out evaluation from the Pyro traces of a model/guide pair.
-
-* :func:`elbo_terms`: the ELBO per data point, split into the expected
-  reconstruction log-likelihood and the KL term, with the KL either Monte-Carlo
-  (as ``Trace_ELBO``) or closed-form where one exists (as ``TraceMeanField_ELBO``).
-* :func:`importance_log_likelihood`: log p(x) ≈ logsumexp_k [log p(x, z_k) − log q(z_k|x)] − log K,
-  z_k ~ q(z|x), vectorised over data points and samples and streamed over chunks of
-  samples, so K = 5000 fits in memory. Every requested K is read off one pass over
-  the samples (the first K of them), so K = 1, 50, 1000, 5000 cost one K = 5000 pass.
-  For a given K the expectation of the estimate is the IWAE bound L_K.
-
-Both work for any model whose data points sit in ``pyro.plate("data")`` and whose
-guide has a sample site for each latent site of the model: the samples get an
-extra ``pyro.plate("particles")`` to the left of the model's plates.
-"""
+"""The estimators, from the Pyro traces of a model/guide pair: the ELBO split into its terms, and the
+importance-sampled log-likelihood. :mod:`pyro_vae.evaluate` describes both."""
 
 from __future__ import annotations
 
 import math
 import numbers
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,6 +23,13 @@ from pyro_vae.models import VAE
 # decoder outputs per chunk of the IS estimator (samples x images x pixels): 2**22 (16 MB of float32)
 # was fastest on a 2-core CPU, 1.75x faster than 2**26, whose chunks overflow the caches
 DEFAULT_CHUNK_ELEMENTS = 2**22
+
+# the most importance samples per image an evaluation takes: K (or ELBO draws) = 10^6 over 10,000 images is about
+# 200 times the K = 5000 pass, already days on a CPU
+MAX_K = 10**6
+
+# ELBO draws x images x pixels per pass of elbo_terms (256 MB of float32)
+ELBO_CHUNK_ELEMENTS = 2**26
 
 
 @dataclass
@@ -231,43 +224,31 @@ def elbo_terms(
     """
     recon, kl, kinds = [], [], {}
     sites: dict[str, list[torch.Tensor]] = {}
-    if not _count(num_particles):
-        raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
+    if not _count(num_particles) or num_particles > MAX_K:
+        raise ConfigError(f"num_particles must be an integer from 1 to {MAX_K:,}, got {num_particles!r}")
     with _checked_once(vae, x, batch_size) as x:
         dim = -1 - _max_plate_nesting(vae, x)
+        dims = math.prod(x.shape[1:])
         for start in _my_batches(len(x), batch_size):
             xb = x[start : start + batch_size]
-            with seeded(_batch_seed(seed, start), x.device):
-                model_tr, guide_tr = _particle_traces(vae, xb, num_particles, dim)
+            # draws x images x pixels per pass stay under ELBO_CHUNK_ELEMENTS: many draws run in several
+            # passes (summed, then averaged) instead of one allocation the size of all of them
+            per_pass = max(1, ELBO_CHUNK_ELEMENTS // (len(xb) * dims))
             r = kl_b = torch.zeros((), device=x.device)
-            guide_order = [n for n, s in guide_tr.nodes.items() if s["type"] == "sample"]
-            model_latents: list[str] = []
-            for name, site in model_tr.nodes.items():
-                if site["type"] != "sample":
-                    continue
-                if site["is_observed"]:
-                    r = r + _per_point(_log_prob(site), len(xb), name)
-                    continue
-                q = guide_tr.nodes[name]
-                term, kinds[name] = None, "Monte-Carlo"
-                # a closed form conditions on the sites p(z) depends on; it is unbiased only if the guide drew
-                # them before z (the tower rule), so every site above z in the model must come first in the guide
-                in_order = all(guide_order.index(m) < guide_order.index(name) for m in model_latents)
-                model_latents.append(name)
-                if analytic_kl and not in_order:
-                    kinds[name] = "Monte-Carlo (the guide draws it before its parents)"
-                elif analytic_kl:
-                    try:
-                        term, kinds[name] = kl_divergence(q["fn"], site["fn"]), "analytic"
-                    except NotImplementedError:
-                        kinds[name] = "Monte-Carlo (no closed form)"
-                if term is None:
-                    term = _log_prob(q) - _log_prob(site)
-                term = _per_point(term, len(xb), name)
-                kl_b = kl_b + term
-                sites.setdefault(name, []).append(term.mean(0))
-            recon.append(r.mean(0))
-            kl.append(kl_b.mean(0))
+            site_sums: dict[str, torch.Tensor] = {}
+            with seeded(_batch_seed(seed, start), x.device):
+                for first in range(0, num_particles, per_pass):
+                    n = min(per_pass, num_particles - first)
+                    model_tr, guide_tr = _particle_traces(vae, xb, n, dim)
+                    r_p, per_name = _elbo_pass(model_tr, guide_tr, len(xb), analytic_kl, kinds, x.device)
+                    r = r + r_p.sum(0)
+                    for name, term in per_name.items():
+                        site_sums[name] = site_sums.get(name, 0.0) + term.sum(0)
+            for name, total in site_sums.items():
+                kl_b = kl_b + total
+                sites.setdefault(name, []).append(total / num_particles)
+            recon.append(r / num_particles)
+            kl.append(kl_b / num_particles)
     if per_site is not None:
         # every rank gathers the same sites, a rank without batches too
         names = next((n for n in gather_objects(list(sites)) if n), [])
@@ -275,6 +256,45 @@ def elbo_terms(
             per_site[name] = gather_cat(_cat(sites.get(name, []), x.device))
         kinds = next((k for k in gather_objects(kinds) if k), kinds)
     return gather_cat(_cat(recon, x.device)), gather_cat(_cat(kl, x.device)), [f"{k}: {v}" for k, v in kinds.items()]
+
+
+def _elbo_pass(
+    model_tr: poutine.Trace,
+    guide_tr: poutine.Trace,
+    n: int,
+    analytic_kl: bool,
+    kinds: dict[str, str],
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One pass of draws: log p(x|z) ``(S, N)`` and each latent site's KL term ``(S, N)``; ``kinds``
+    gets how each site's KL was computed."""
+    r = torch.zeros((), device=device)
+    terms: dict[str, torch.Tensor] = {}
+    guide_order = [name for name, s in guide_tr.nodes.items() if s["type"] == "sample"]
+    model_latents: list[str] = []
+    for name, site in model_tr.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            r = r + _per_point(_log_prob(site), n, name)
+            continue
+        q = guide_tr.nodes[name]
+        term, kinds[name] = None, "Monte-Carlo"
+        # a closed form conditions on the sites p(z) depends on; it is unbiased only if the guide drew
+        # them before z (the tower rule), so every site above z in the model must come first in the guide
+        in_order = all(guide_order.index(m) < guide_order.index(name) for m in model_latents)
+        model_latents.append(name)
+        if analytic_kl and not in_order:
+            kinds[name] = "Monte-Carlo (the guide draws it before its parents)"
+        elif analytic_kl:
+            try:
+                term, kinds[name] = kl_divergence(q["fn"], site["fn"]), "analytic"
+            except NotImplementedError:
+                kinds[name] = "Monte-Carlo (no closed form)"
+        if term is None:
+            term = _log_prob(q) - _log_prob(site)
+        terms[name] = _per_point(term, n, name)
+    return r, terms
 
 
 def _cat(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -340,121 +360,3 @@ def importance_log_likelihood(
             bar.update(len(xb))
     bar.close()
     return {k: gather_cat(_cat(v, x.device)) for k, v in out.items()}
-
-
-# Burda et al. (2016): a latent unit u is active when Cov_x(E_q[u | x]) exceeds this
-ACTIVE_UNIT_THRESHOLD = 0.01
-
-
-@torch.no_grad()
-def active_units(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, dict[str, int]]:
-    """Active units per latent layer (Burda et al., 2016): the units whose posterior mean varies over
-    the data, Var_x(E_q[u | x]) > 0.01. For a hierarchy the means of each layer are taken with the
-    layers they depend on at their means (:meth:`HierarchicalVAE.posterior_means`).
-
-    :returns: ``{site: {"active": n, "units": d}}``.
-    """
-    x = prepare_inputs(vae, x, batch_size)
-    chunks: list[list[torch.Tensor]] = []
-    with vae.registration(False):
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size]
-            chunks.append([m.double() for m in vae.posterior_means(xb)])
-    names = vae.latent_sites
-    out = {}
-    for i, name in enumerate(names):
-        m = torch.cat([c[i] for c in chunks])
-        var = m.var(0) if len(m) > 1 else torch.zeros(m.shape[-1], dtype=m.dtype)
-        out[name] = {"active": int((var > ACTIVE_UNIT_THRESHOLD).sum()), "units": int(m.shape[-1])}
-    return out
-
-
-def bits_per_dim(nats_per_point: float, dims: int) -> float:
-    """Convert −log p(x) in nats per data point to bits per dimension."""
-    return nats_per_point / (dims * math.log(2))
-
-
-def evaluate(
-    vae: VAE,
-    x: torch.Tensor,
-    ks: Sequence[int] = (5000,),
-    *,
-    seed: int = 0,
-    batch_size: int = 100,
-    elbo_particles: int = 1,
-    progress: bool = False,
-) -> dict:
-    """All held-out numbers for ``x``: both ELBOs with their terms, and −log p(x) for each K.
-
-    Values are per data point, in nats, each with its standard error over data points;
-    ``bits_per_dim`` divides −log p(x) by the number of dimensions times ln 2.
-    """
-    ks = sample_counts(ks)  # refused before the ELBO passes, not after them
-    x = prepare_inputs(vae, x, batch_size)
-    dims = math.prod(vae.event_shape)
-    result: dict = {"num_points": len(x), "dims": dims, "seed": seed, "elbo": {}, "nll": {}}
-    for name, analytic in (("mc", False), ("analytic", True)):
-        start = time.perf_counter()
-        sites: dict[str, torch.Tensor] = {}
-        recon, kl, kinds = elbo_terms(
-            vae,
-            x,
-            analytic_kl=analytic,
-            num_particles=elbo_particles,
-            batch_size=10 * batch_size,
-            seed=seed,
-            per_site=sites,
-        )
-        result["elbo"][name] = {
-            "neg_elbo": Estimate.of(kl - recon).to_dict(),
-            "reconstruction": Estimate.of(recon).to_dict(),
-            "kl": Estimate.of(kl).to_dict(),
-            "kl_per_site": {k: Estimate.of(v).to_dict() for k, v in sites.items()},
-            "kl_kind": kinds,
-            "seconds": time.perf_counter() - start,
-        }
-    result["active_units"] = active_units(vae, x, batch_size=10 * batch_size)
-    start = time.perf_counter()
-    ll = importance_log_likelihood(vae, x, ks, batch_size=batch_size, seed=seed, progress=progress)
-    seconds = time.perf_counter() - start
-    for k, v in ll.items():
-        nll = Estimate.of(-v)
-        result["nll"][str(k)] = {**nll.to_dict(), "bits_per_dim": bits_per_dim(nll.mean, dims)}
-    result["nll_seconds"] = seconds
-    return result
-
-
-def _elbo_label(name: str, kinds: Sequence[str]) -> str:
-    """What an ELBO row computed: the analytic row says when its KL fell back to Monte-Carlo."""
-    if name == "mc":
-        return "Trace_ELBO (Monte-Carlo KL)"
-    if all(k.endswith(": analytic") for k in kinds):
-        return "TraceMeanField_ELBO (closed-form KL)"
-    if any(k.endswith(": analytic") for k in kinds):
-        return "TraceMeanField_ELBO (closed-form KL where one exists, else Monte-Carlo)"
-    return "TraceMeanField_ELBO (Monte-Carlo KL: no closed form)"
-
-
-def format_table(result: dict) -> str:
-    """The evaluation as an aligned text table."""
-    rows = [("quantity", "nats/point", "s.e.", "")]
-    for name, e in result["elbo"].items():
-        label = _elbo_label(name, e["kl_kind"])
-        rows.append((f"-ELBO, {label}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
-        rows.append(("  reconstruction E[log p(x|z)]", f"{e['reconstruction']['mean']:.3f}", "", ""))
-        rows.append((f"  KL ({', '.join(e['kl_kind'])})", f"{e['kl']['mean']:.3f}", "", ""))
-        per_site = e.get("kl_per_site", {})
-        if len(per_site) > 1:  # a hierarchy: the KL of each layer
-            rows += [(f"    KL {k}", f"{v['mean']:.3f}", f"{v['se']:.3f}", "") for k, v in per_site.items()]
-    if "active_units" in result:
-        units = ", ".join(f"{k} {v['active']}/{v['units']}" for k, v in result["active_units"].items())
-        rows.append((f"active units (Var_x E_q[u] > {ACTIVE_UNIT_THRESHOLD})", "", "", units))
-    for k, e in result["nll"].items():
-        rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
-
-
-# the most importance samples per image an evaluation takes: K = 10^6 over 10,000 images is about
-# 200 times the K = 5000 pass, already days on a CPU
-MAX_K = 10**6
