@@ -18,7 +18,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image"],
+        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image", "scipy"],
     },
     entry_points={
         "console_scripts": [

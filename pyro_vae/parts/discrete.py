@@ -195,7 +195,7 @@ class DiscretizedLogisticMixture(TorchDistribution):
                 shift = shift + self.coeffs[..., k, :, :] * (x[..., j, :, :].unsqueeze(-3) - 127.5)
                 k += 1
             locs.append(self.loc[..., c, :, :] + shift)
-        return torch.stack(locs, dim=-3)
+        return torch.stack(torch.broadcast_tensors(*locs), dim=-3)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
