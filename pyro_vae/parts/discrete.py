@@ -40,18 +40,24 @@ def bounded_scale(raw: torch.Tensor) -> torch.Tensor:
 
 def discretized_logistic_log_prob(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """log P(value) for 8-bit ``value`` under a discretised logistic(``loc``, ``scale``), elementwise,
-    accurate in float32 in both tails (no CDF is subtracted from another in probability space)."""
-    upper = (value + 0.5 - loc) / scale
-    lower = (value - 0.5 - loc) / scale
-    log_cdf_upper, log_cdf_lower = -F.softplus(-upper), -F.softplus(-lower)  # log F
-    log_sf_upper, log_sf_lower = -F.softplus(upper), -F.softplus(lower)  # log(1 − F)
-    # F(u) − F(l) in logs: as F(u)(1 − F(l)/F(u)) left of the location and as S(l)(1 − S(u)/S(l))
-    # right of it, so neither tail loses the difference to rounding. The clamp only guards
-    # exact cancellation (scale > ~1e5 pixels) and the branch torch.where discards.
-    log_left = log_cdf_upper + torch.log(-torch.expm1((log_cdf_lower - log_cdf_upper).clamp(max=-1e-6)))
-    log_right = log_sf_lower + torch.log(-torch.expm1((log_sf_upper - log_sf_lower).clamp(max=-1e-6)))
-    log_mid = torch.where(value < loc, log_left, log_right)
-    return torch.where(value <= 0, log_cdf_upper, torch.where(value >= 255, log_sf_lower, log_mid))
+    accurate in float32 in both tails (no CDF is subtracted from another in probability space).
+
+    The bin's mass is F(u) − F(l) with u, l = (value ± ½ − loc) / scale. Right of the location it is
+    computed as F(−l) − F(−u), the same number by the logistic's symmetry, so one formula,
+    log F(a) + log(1 − F(b)/F(a)) with a > b both left of the centre, serves both tails. The end bins
+    take the tails: log F(u) at 0 and log F(−l) at 255 (b = −∞).
+    """
+    centred = value - loc
+    up, lo = (centred + 0.5) / scale, (centred - 0.5) / scale
+    left = value < loc
+    low_end, high_end = value <= 0, value >= 255
+    a = torch.where(low_end, up, torch.where(high_end, -lo, torch.where(left, up, -lo)))
+    b = torch.where(left, lo, -up)
+    log_fa, log_fb = -F.softplus(-a), -F.softplus(-b)  # log F
+    # the clamp guards only exact cancellation (scale > ~1e5 levels) and the end bins, where the ratio
+    # is replaced by 0 below
+    log_mass = log_fa + torch.log(-torch.expm1((log_fb - log_fa).clamp(max=-1e-6)))
+    return torch.where(low_end | high_end, log_fa, log_mass)
 
 
 def _logistic_sample(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
