@@ -9,6 +9,7 @@ from typing import Any
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import OBJECTIVES, SCHEDULES
+from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.nets import NETWORKS
 from pyro_vae.parts.priors import PRIORS
@@ -23,6 +24,7 @@ ELBOS = tuple(OBJECTIVES)
 PRIOR_NAMES = tuple(PRIORS)
 NETS = tuple(NETWORKS)
 LIKELIHOOD_NAMES = tuple(LIKELIHOODS)
+GUIDE_NAMES = tuple(GUIDES)
 
 
 def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
@@ -92,6 +94,11 @@ class TrainConfig:
     likelihood: str = setting("bernoulli", "p(x|z)", choices=LIKELIHOOD_NAMES)
     # fixed (normal, laplace) or initial (normal-image/-pixel) scale on [0, 1]
     likelihood_scale: float = setting(0.1, "fixed scale of normal/laplace, initial scale of normal-image/-pixel")
+    # q(z|x), see pyro_vae.parts.guides.GUIDES ("custom": a module passed to train(vae=...))
+    guide: str = setting("gaussian", "q(z|x): the posterior family", choices=GUIDE_NAMES)
+    # IAF used 2 to 8 steps on MNIST; each step adds a network of flow_hidden widths
+    flows: int = setting(2, "steps of an iaf or householder `guide`")
+    flow_hidden: tuple[int, ...] = setting((256,), "hidden widths of each flow step's network")
     # PixelCNN++ uses 10; more components model multi-modal pixels (edges) at a larger decoder head
     mixture_components: int = setting(10, "logistics per pixel of `likelihood=discretized-mixture` (1 to 100)")
     epochs: int = setting(10, "passes over the training set")
@@ -196,6 +203,19 @@ class TrainConfig:
             return ConvSpec.doubling(self.conv_depth, self.hidden[-1], self.conv_kernel)
         return ConvSpec(tuple(self.conv_channels), tuple(self.conv_strides), self.conv_kernel)
 
+    def _check_guide(self) -> None:
+        if not 1 <= self.flows <= 64:
+            raise ConfigError(f"`flows` must be from 1 to 64, got {self.flows}")
+        if self.guide == "gaussian" and (self.flows != 2 or tuple(self.flow_hidden) != (256,)):
+            raise ConfigError(
+                "`flows` and `flow_hidden` shape a flow guide; with `guide=gaussian` they do nothing: drop them"
+            )
+        if self.guide != "gaussian" and self.model == "ladder":
+            raise ConfigError(
+                f"`guide={self.guide}` is for the one-layer VAE: the ladder's posterior is already a top-down "
+                "hierarchy of Gaussians merged with the data, with no flow built in; use `model=vae`"
+            )
+
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
         _check_types(self)
@@ -208,6 +228,7 @@ class TrainConfig:
         _choice("elbo", self.elbo, ELBOS)
         _choice("prior", self.prior, PRIOR_NAMES, custom=True)
         _choice("likelihood", self.likelihood, LIKELIHOOD_NAMES, custom=True)
+        _choice("guide", self.guide, GUIDE_NAMES, custom=True)
         _choice("kl_schedule", self.kl_schedule, SCHEDULES)
         _choice("warmup_unit", self.warmup_unit, WARMUP_UNITS)
         _choice("device", self.device, DEVICES)
@@ -220,7 +241,7 @@ class TrainConfig:
             raise ConfigError(f"`channels` must be 1 or 3, got {self.channels}")
         if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
             raise ConfigError(f"`test_fraction` must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
-        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones"):
+        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones", "flow_hidden"):
             value = getattr(self, name)
             if value is not None and (not value or any(v <= 0 for v in value)):
                 raise ConfigError(f"{_named(name)} must be one or more positive integers, got {list(value)}")
@@ -239,6 +260,7 @@ class TrainConfig:
         for name in ("limit_train", "limit_test", "keep_checkpoints"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        self._check_guide()
         if not 1 <= self.mixture_components <= 100:
             raise ConfigError(f"`mixture_components` must be from 1 to 100, got {self.mixture_components}")
         if self.mixture_components != 10 and self.likelihood != "discretized-mixture":

@@ -14,6 +14,7 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.hierarchy import build_hierarchy
 from pyro_vae.models.vae import VAE
+from pyro_vae.parts.guides import build_guide, context_dim
 from pyro_vae.parts.likelihoods import build_likelihood, decoder_shape
 from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec, build_networks
 from pyro_vae.parts.priors import build_prior
@@ -31,6 +32,9 @@ def build_vae(
     decoder_hidden: Sequence[int] | None = None,
     conv: ConvSpec = DEFAULT_CONV,
     mixture_components: int = 10,
+    guide: str | nn.Module = "gaussian",
+    flows: int = 2,
+    flow_hidden: Sequence[int] = (256,),
 ) -> VAE:
     """A VAE from names or modules.
 
@@ -43,6 +47,9 @@ def build_vae(
         ``"unit"`` or ``"byte"``; default ``"binary"``) and may define ``check_data``, ``mean`` and
         ``param_shape`` (what the decoder outputs per data point, if not the data point's shape).
     :param mixture_components: the logistics per pixel of ``likelihood="discretized-mixture"``.
+    :param guide: a name of :data:`pyro_vae.parts.guides.GUIDES` (``"gaussian"``, ``"iaf"``,
+        ``"householder"``), or your own posterior module ``(loc, scale, context) -> q(z|x)``.
+    :param flows: steps of a flow guide; ``flow_hidden``: the widths of each step's network.
     """
     _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
     if isinstance(likelihood, str):
@@ -52,12 +59,15 @@ def build_vae(
         encoder, decoder = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)
     else:
         encoder, decoder = net
+    if isinstance(guide, str):
+        guide = build_guide(guide, z_dim, context_dim(encoder, z_dim), flows, flow_hidden)
     return VAE(
         encoder,
         decoder,
         build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
         likelihood,
         event_shape,
+        guide,
     )
 
 
@@ -113,6 +123,9 @@ def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.M
         config.likelihood_scale,
         decoder_hidden=config.decoder_hidden,
         conv=config.conv_spec(),
+        guide=parts.get("posterior") or getattr(config, "guide", "gaussian"),
+        flows=getattr(config, "flows", 2),
+        flow_hidden=getattr(config, "flow_hidden", (256,)),
     )
 
 

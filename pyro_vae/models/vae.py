@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
+
+from pyro_vae.parts.guides import GaussianPosterior
 
 
 def _full_precision(t: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,8 @@ class VAE(nn.Module):
     :param prior: module returning p(z) with ``event_shape (z_dim,)``.
     :param likelihood: module mapping decoder output to p(x|z).
     :param event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
+    :param posterior: the family of q(z|x) (:mod:`pyro_vae.parts.guides`): a module
+        ``(loc, scale, context) -> distribution over z``; default the diagonal Gaussian.
 
     ``kl_weight`` (β, default 1) scales the latent site ``"z"`` in model and guide with
     ``poutine.scale``, so both ELBOs weight their KL term (closed-form or log q − log p) by β;
@@ -53,12 +56,15 @@ class VAE(nn.Module):
         prior: nn.Module,
         likelihood: nn.Module,
         event_shape: Sequence[int],
+        posterior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
         self.likelihood = likelihood
+        # the family of q(z|x); the default Gaussian has no parameter, so checkpoints stay as they were
+        self.posterior = GaussianPosterior() if posterior is None else posterior
         self.event_shape = torch.Size(event_shape)
         self.kl_weight = 1.0
         self.register_params = True
@@ -96,11 +102,27 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
-        self._register("encoder")
+        self._register("encoder", "posterior")
         with pyro.plate("data", x.shape[0]):
-            loc, scale = map(_full_precision, self.encoder(self.encoder_input(x)))
+            loc, scale, context = self._encode(x)
             with self._kl_scaled():
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                pyro.sample("z", self.posterior(loc, scale, context))
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """loc and scale of the base Gaussian, and the context h(x) a flow posterior conditions on: the
+        features the encoder's head reads, or (loc, log scale) for an encoder without body and head."""
+        inp = self.encoder_input(x)
+        if not getattr(self.posterior, "needs_context", False):
+            loc, scale = self.encoder(inp)
+            return _full_precision(loc), _full_precision(scale), None
+        body, head = getattr(self.encoder, "body", None), getattr(self.encoder, "head", None)
+        if body is not None and head is not None:
+            h = body(inp)
+            loc, scale = head(h)
+        else:
+            loc, scale = self.encoder(inp)
+            h = torch.cat([loc, scale.log()], -1)
+        return _full_precision(loc), _full_precision(scale), _full_precision(h)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder sees of ``x``: 8-bit data (``data_kind == "byte"``) as x / 127.5 − 1 in
@@ -147,14 +169,15 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The guide's mean of each latent layer; the first is what the decoder takes."""
-        return [self.encoder(self.encoder_input(x))[0]]
+        """The guide's mean of each latent layer (a flow's: the base mean pushed through the flow); the
+        first is what the decoder takes."""
+        loc, _, context = self._encode(x)
+        return [self.posterior.point(loc, context) if hasattr(self.posterior, "point") else loc]
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior mean]: what the pictures show."""
-        loc, _ = self.encoder(self.encoder_input(x))
-        return self.decode_mean(loc)
+        return self.decode_mean(self.posterior_means(x)[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from pyro_vae.models.build import build_vae_from_config
 
 METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
 # the parts a user may pass as modules instead of names
-PARTS = ("encoder", "decoder", "prior", "likelihood")
+PARTS = ("encoder", "decoder", "prior", "likelihood", "posterior")
 
 
 class RunError(PyroVAEError):
@@ -144,12 +144,19 @@ def check_same_data(saved: dict[str, Any] | None, fp: str, which: str, where: st
 def custom_parts(vae: nn.Module, config: TrainConfig) -> dict[str, str]:
     """The parts of ``vae`` that the names in ``config`` would not rebuild: ``{part: "module.Class"}``."""
     custom: dict[str, str] = {}
-    names = {"encoder": config.net, "decoder": config.net, "prior": config.prior, "likelihood": config.likelihood}
+    names = {
+        "encoder": config.net,
+        "decoder": config.net,
+        "prior": config.prior,
+        "likelihood": config.likelihood,
+        "posterior": config.guide,
+    }
     named = dc_replace(
         config,
         net=config.net if config.net != "custom" else "mlp",
         prior=config.prior if config.prior != "custom" else "normal",
         likelihood=config.likelihood if config.likelihood != "custom" else "bernoulli",
+        guide=config.guide if config.guide != "custom" else "gaussian",
     )
     try:
         with torch.device("meta"):

@@ -26,6 +26,7 @@ from pyro_vae.distributed import World, derive_seed, device_for, gather_objects,
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
+from pyro_vae.parts.guides import GaussianPosterior
 from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
@@ -38,6 +39,8 @@ def describe_objective(vae: VAE, config: TrainConfig) -> str:
         text = f"objective: IWAE bound, K={config.particles} (KL inside the importance weights)"
     elif config.elbo == "mc":
         text = "KL: Monte-Carlo (Trace_ELBO)"
+    elif not isinstance(getattr(vae, "posterior", None), GaussianPosterior):
+        text = f"KL: Monte-Carlo, guide {config.guide!r} (a flow) has no closed form"
     elif has_closed_form_kl(vae.prior):
         text = "KL: analytic"
     else:
@@ -145,7 +148,7 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
     Raises before anything is written, so a bad input never leaves a half-made run folder."""
     config.validate()
     if vae is None:
-        named = [p for p, v in (("net", config.net), ("prior", config.prior), ("likelihood", config.likelihood))]
+        named = ["net", "prior", "likelihood", "guide"]
         custom_named = [p for p in named if getattr(config, p) == "custom"]
         if custom_named:
             raise ConfigError(
@@ -207,6 +210,7 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
             net="custom" if {"encoder", "decoder"} <= set(custom) else config.net,
             prior="custom" if "prior" in custom else config.prior,
             likelihood="custom" if "likelihood" in custom else config.likelihood,
+            guide="custom" if "posterior" in custom else config.guide,
         )
     if getattr(vae, "inference", None) == "bottom-up" and config.elbo == "analytic":
         raise ConfigError(
