@@ -596,14 +596,17 @@ def test_the_evaluation_functions_take_numpy_counts_float64_and_bool_images():
 
 
 BUILD = [
-    (dict(z_dim=0), "z_dim must be a positive integer, got 0"),
-    (dict(z_dim=2.5), "z_dim must be a positive integer, got 2.5"),
-    (dict(hidden=(8, 0)), "hidden must be positive widths (or empty for a linear map), got [8, 0]"),
-    (dict(decoder_hidden=(-1,)), "decoder_hidden must be positive widths"),
-    (dict(likelihood_scale=float("nan")), "likelihood_scale must be a finite number > 0, got nan"),
-    (dict(event_shape=()), "event_shape must be the shape of one data point"),
-    (dict(event_shape=(1, 0, 4)), "event_shape must hold positive integers, got (1, 0, 4)"),
-    (dict(prior="flow"), "unknown --prior 'flow'"),
+    (dict(z_dim=0), "`z_dim` must be a positive integer, got 0"),
+    (dict(z_dim=2.5), "`z_dim` must be a positive integer, got 2.5"),
+    (dict(hidden=(8, 0)), "`hidden` must be positive widths (or empty for a linear map), got [8, 0]"),
+    (dict(decoder_hidden=(-1,)), "`decoder_hidden` must be positive widths"),
+    (dict(likelihood_scale=float("nan")), "`likelihood_scale` must be a finite number > 0, got nan"),
+    (dict(event_shape=()), "`event_shape` must be the shape of one data point"),
+    (dict(event_shape=(1, 0, 4)), "`event_shape` must hold positive integers, got (1, 0, 4)"),
+    (dict(prior="flow"), "unknown `prior='flow'`"),
+    (dict(guide="planar"), "unknown `guide='planar'`; choose one of gaussian, iaf, householder"),
+    (dict(guide="iaf", flows=0), "`flows` must be an integer from 1 to 64, got 0"),
+    (dict(likelihood="discretized-mixture", mixture_components=0), "`mixture_components` must be an integer from 1"),
 ]
 
 
@@ -625,7 +628,7 @@ def _cli(argv, capsys):
 BAD_FLAGS = [
     (["--z-dim", "0"], "error: --z-dim must be a positive integer, got 0"),
     (["--z-dim", "abc"], "error: argument --z-dim: invalid int value: 'abc'; see pyro-vae-train --help"),
-    (["--lr", "0"], "error: `lr` must be a finite number > 0, got 0.0; e.g. `lr=1e-3`"),
+    (["--lr", "0"], "error: --lr must be a finite number > 0, got 0.0; e.g. --lr 1e-3"),
     (["--lr", "-0.1"], "error: --lr must be a finite number > 0, got -0.1; e.g. --lr 1e-3"),
     (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
     (["--batch-size", "-5"], "error: --batch-size must be a positive integer, got -5"),
@@ -652,7 +655,8 @@ BAD_FLAGS = [
     (
         ["--likelihood", "poisson"],
         "error: argument --likelihood: invalid choice: 'poisson' (choose from 'bernoulli', 'continuous-bernoulli', "
-        "'normal', 'normal-image', 'normal-pixel', 'laplace', 'discretized-logistic'); see pyro-vae-train --help",
+        "'normal', 'normal-image', 'normal-pixel', 'normal-decoder', 'laplace', 'discretized-logistic', "
+        "'discretized-logistic-pixel', 'discretized-mixture'); see pyro-vae-train --help",
     ),
     (["--bf16", "--device", "cpu"], "error: --bf16 autocast is for CUDA; drop it on the CPU"),
     (["--cuda-graphs", "--device", "cpu"], "error: --cuda-graphs needs CUDA; drop it on the CPU"),

@@ -446,27 +446,40 @@ def test_each_kind_of_part_has_one_registry_that_builds_every_name():
     from torch import nn
 
     from pyro_vae import LIKELIHOODS, NETWORKS
-    from pyro_vae.config import LIKELIHOOD_NAMES, NETS, PRIOR_NAMES
+    from pyro_vae.config import GUIDE_NAMES, LIKELIHOOD_NAMES, NETS, PRIOR_NAMES
+    from pyro_vae.parts.guides import GUIDES
+    from pyro_vae.parts.likelihoods import decoder_shape
     from pyro_vae.parts.registry import Registry
 
     # the command line offers exactly the registered names
-    assert (tuple(PRIORS), tuple(LIKELIHOODS), tuple(NETWORKS)) == (PRIOR_NAMES, LIKELIHOOD_NAMES, NETS)
+    assert (tuple(PRIORS), tuple(LIKELIHOODS), tuple(NETWORKS), tuple(GUIDES)) == (
+        PRIOR_NAMES,
+        LIKELIHOOD_NAMES,
+        NETS,
+        GUIDE_NAMES,
+    )
     shape = (1, 8, 8)
-    encoder, _ = NETWORKS.build("mlp", shape, 3, (16,), None, None)
+    encoder, _ = NETWORKS.build("mlp", shape, 3, (16,), None, None, shape)
     for name in PRIORS:
         assert isinstance(PRIORS.build(name, 3, encoder, shape), nn.Module) and PRIORS[name]
     for name in LIKELIHOODS:
-        assert isinstance(LIKELIHOODS.build(name, shape, 0.1), nn.Module) and LIKELIHOODS[name]
-    for name in NETWORKS:
-        from pyro_vae.parts.nets import DEFAULT_CONV
+        likelihood = LIKELIHOODS.build(name, shape, 0.1, 10)
+        assert isinstance(likelihood, nn.Module) and LIKELIHOODS[name]
+        for net in NETWORKS:  # every network outputs what every likelihood needs
+            from pyro_vae.parts.nets import DEFAULT_CONV
 
-        enc, dec = NETWORKS.build(name, shape, 3, (16,), None, DEFAULT_CONV)
-        assert enc(torch.zeros(2, *shape))[0].shape == (2, 3) and dec(torch.zeros(2, 3)).shape == (2, *shape)
+            out = decoder_shape(likelihood, shape)
+            enc, dec = NETWORKS.build(net, shape, 3, (16,), None, DEFAULT_CONV, out)
+            assert enc(torch.zeros(2, *shape))[0].shape == (2, 3) and dec(torch.zeros(2, 3)).shape == (2, *out)
+    for name in GUIDES:
+        q = GUIDES.build(name, 3, 16, 2, (8,))
+        d = q(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 16))
+        assert d.event_shape == (3,) and d.rsample().shape == (2, 3) and GUIDES[name]
     # adding a part is one entry; a name twice, or an unknown name, is refused
     mine = Registry("prior")
     mine.add("half", "what it is", lambda z_dim: z_dim // 2)
     assert mine.build("half", 8) == 4 and dict(mine) == {"half": "what it is"}
     with pytest.raises(ValueError, match="registered already"):
         mine.add("half", "again", lambda z_dim: z_dim)
-    with pytest.raises(ConfigError, match="unknown --prior 'whole'; choose one of half"):
+    with pytest.raises(ConfigError, match="unknown `prior='whole'`; choose one of half"):
         mine.build("whole", 8)

@@ -45,7 +45,11 @@ PATH_NOTES = {
     "ours-mc-bf16": "pyro_vae training path, Trace_ELBO, bf16 autocast (CUDA)",
     "ours-mc-graphs": "pyro_vae training path, Trace_ELBO, whole step as a CUDA graph (`cuda_graphs`)",
     "ours-analytic-graphs": "pyro_vae training path, TraceMeanField_ELBO, whole step as a CUDA graph",
+    "ours-mc-iaf": "pyro_vae training path, Trace_ELBO, IAF guide (2 steps, hidden 256)",
+    "ours-mc-householder": "pyro_vae training path, Trace_ELBO, Householder-flow guide (2 reflections)",
 }
+# the guide each row trains with: a flow row's step time over ours-mc's is the flow's cost
+ROW_GUIDES = {"ours-mc-iaf": "iaf", "ours-mc-householder": "householder"}
 
 
 @dataclass
@@ -61,7 +65,7 @@ class BenchmarkConfig:
     limit_train: int | None = None  # first N training images only (smoke runs)
     limit_test: int | None = None  # first N test images for the quality check (smoke runs)
     num_workers: int = 1  # DataLoader workers of the conventional loop, as in Pyro's tutorial
-    paths: tuple[str, ...] = PATHS  # which rows; also ours-mc-compile, ours-mc-bf16
+    paths: tuple[str, ...] = PATHS  # which rows; also ours-mc-compile, ours-mc-bf16, ours-mc-iaf, ...
     eval_k: int = 5000  # importance samples per image in the evaluation timing
     eval_images: int = 200  # test images scored by the batched estimator
     eval_loop_images: int = 20  # test images scored by the per-image loop
@@ -117,7 +121,7 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
         data = load_data("mnist", cfg.data_dir, download=False, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
         steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
         steps = cfg.steps or steps_per_epoch
-        vae = build_vae(data.event_shape).to(device)
+        vae = build_vae(data.event_shape, guide=ROW_GUIDES.get(name, "gaussian")).to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if name == "conventional":
@@ -321,20 +325,23 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
 
 def format_results(result: dict[str, Any]) -> str:
     """The benchmark as a text table."""
+    width = max(16, *(len(r["path"]) for r in result["rows"]))
     lines = [
         f"device: {result['device']}   torch {result['torch']}   pyro {result['pyro']}",
         f"batch {result['config']['batch_size']}, MLP 784-400-50, {result['config']['repeats']} interleaved repeats "
         "(medians; ratios are medians of per-round ratios)",
         "",
-        f"{'path':16s} {'img/s':>9s} {'s/epoch':>9s} {'peak MB':>9s} {'test -ELBO':>16s}  what",
+        f"{'path':{width}s} {'img/s':>9s} {'s/epoch':>9s} {'peak MB':>9s} {'test -ELBO':>16s}  what",
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['path']:16s} {r['images_per_second']:9.0f} {r['seconds_per_epoch']:9.2f} {r['peak_memory_mb']:9.0f} "
-            f"{r['test_neg_elbo']:9.2f} ± {r['test_neg_elbo_se']:4.2f}  {PATH_NOTES[r['path']]}"
+            f"{r['path']:{width}s} {r['images_per_second']:9.0f} {r['seconds_per_epoch']:9.2f} "
+            f"{r['peak_memory_mb']:9.0f} {r['test_neg_elbo']:9.2f} ± {r['test_neg_elbo_se']:4.2f}  "
+            f"{PATH_NOTES[r['path']]}"
         )
     lines.append("")
-    lines += [f"time ratio {k:28s} {v:.2f}" for k, v in result["ratios"].items()]
+    ratio_width = max(28, *(len(k) for k in result["ratios"]))
+    lines += [f"time ratio {k:{ratio_width}s} {v:.2f}" for k, v in result["ratios"].items()]
     e = result["evaluation"]
     lines += [
         "",

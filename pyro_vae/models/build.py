@@ -84,14 +84,14 @@ def _check_sizes(
         return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
 
     if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence) or not event_shape:
-        raise ConfigError(f"event_shape must be the shape of one data point, e.g. (1, 28, 28), got {event_shape!r}")
+        raise ConfigError(f"`event_shape` must be the shape of one data point, e.g. (1, 28, 28), got {event_shape!r}")
     if not all(count(d) for d in event_shape):
-        raise ConfigError(f"event_shape must hold positive integers, got {tuple(event_shape)}")
+        raise ConfigError(f"`event_shape` must hold positive integers, got {tuple(event_shape)}")
     if not count(z_dim):
-        raise ConfigError(f"z_dim must be a positive integer, got {z_dim!r}")
+        raise ConfigError(f"`z_dim` must be a positive integer, got {z_dim!r}")
     for name, widths in (("hidden", hidden), ("decoder_hidden", decoder_hidden or ())):
         if not all(count(w) for w in widths):
-            raise ConfigError(f"{name} must be positive widths (or empty for a linear map), got {list(widths)}")
+            raise ConfigError(f"`{name}` must be positive widths (or empty for a linear map), got {list(widths)}")
     if not (isinstance(likelihood_scale, numbers.Real) and math.isfinite(likelihood_scale) and likelihood_scale > 0):
         raise ConfigError(f"`likelihood_scale` must be a finite number > 0, got {likelihood_scale!r}")
 

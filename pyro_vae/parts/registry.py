@@ -35,7 +35,7 @@ class Registry(Mapping[str, str]):
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """The part called ``name``, built with the arguments every part of this kind takes."""
         if name not in self._build:
-            raise ConfigError(f"unknown --{self.kind.replace('_', '-')} {name!r}; choose one of {', '.join(self)}")
+            raise ConfigError(f"unknown `{self.kind}={name!r}`; choose one of {', '.join(self)}")
         return self._build[name](*args, **kwargs)
 
     def __getitem__(self, name: str) -> str:
