@@ -141,3 +141,74 @@ def test_independent_nll_agrees_with_the_library_estimator(idx_root, tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("paired difference"))
     diff, se = (float(v) for v in line.split(":")[1].split("±"))
     assert se > 0 and abs(diff) < 4 * se, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def photo_tiles(tmp_path_factory):
+    """64x64 tiles of scikit-image's photographs (few of them: fast), as scripts/make_photo_tiles.py cuts them."""
+    pytest.importorskip("skimage")
+    out = tmp_path_factory.mktemp("tiles") / "t"
+    proc = run(["scripts/make_photo_tiles.py", str(out), "--size", "64", "--test-fraction", "0.05"])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_photo_tiles_are_the_photographs_cut_on_a_grid_with_a_fixed_split(photo_tiles, tmp_path):
+    import numpy as np
+    import skimage.data
+
+    train, test = sorted((photo_tiles / "train").iterdir()), sorted((photo_tiles / "test").iterdir())
+    assert len(test) > 0 and len(train) > 3 * len(test)
+    assert not {f.name for f in train} & {f.name for f in test}
+    # a tile holds exactly the photograph's pixels at its grid place
+    name, index = test[0].stem.rsplit("-", 1)
+    photo = getattr(skimage.data, name)()
+    photo = (photo[0] if isinstance(photo, tuple) else photo)[..., :3]
+    r, c = divmod(int(index), photo.shape[1] // 64)
+    assert np.array_equal(np.asarray(Image.open(test[0])), photo[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64])
+    # the same seed, the same split; every photograph is in both splits
+    again = tmp_path / "again"
+    assert run(["scripts/make_photo_tiles.py", str(again), "--size", "64", "--test-fraction", "0.05"]).returncode == 0
+    assert sorted(f.name for f in (again / "test").iterdir()) == [f.name for f in test]
+    assert {f.stem.rsplit("-", 1)[0] for f in test} == {f.stem.rsplit("-", 1)[0] for f in train}
+    proc = run(["scripts/make_photo_tiles.py", str(photo_tiles)])
+    assert (proc.returncode, proc.stderr.strip()) == (
+        2,
+        f"error: {photo_tiles} exists and is not an empty folder; pass a new folder",
+    )
+    proc = run(["scripts/make_photo_tiles.py", str(tmp_path / "x"), "--size", "2"])
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: --size must be from 4 to 256 pixels, got 2")
+    assert not (tmp_path / "x").exists()
+
+
+def test_tile_baselines_are_the_compressed_file_sizes_and_a_fitted_logistic(photo_tiles, tmp_path):
+    import io
+
+    import numpy as np
+
+    out = tmp_path / "baselines.json"
+    proc = run(["scripts/tile_baselines.py", str(photo_tiles), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    tiles = [np.asarray(Image.open(f).convert("RGB")) for f in sorted((photo_tiles / "test").iterdir())]
+    webp = {"lossless": True, "quality": 100, "method": 6}
+    for key, fmt, options in (("PNG", "PNG", {"optimize": True}), ("WebP", "WEBP", webp)):
+        sizes = []
+        for t in tiles:  # each tile on its own, headers included: bits over values
+            buf = io.BytesIO()
+            Image.fromarray(t).save(buf, format=fmt, **options)
+            sizes.append(8 * buf.tell() / t.size)
+        row = next(v for k, v in rows.items() if k.startswith(key))
+        assert row["bits_per_dim"] == pytest.approx(float(np.mean(sizes)), rel=1e-12)
+    no_latent = next(v for k, v in rows.items() if k.startswith("no-latent"))["bits_per_dim"]
+    # a proper 8-bit model of photographs: between a perfect code and a uniform one would be 0 to 8 (a badly
+    # fitted one can exceed 8); a photograph's channel spread puts one logistic at a few bits
+    assert 2 < no_latent < 9
+
+
+@pytest.mark.real_data
+def test_the_plain_replica_trains_on_the_binarized_files(data_dir):
+    proc = run(["scripts/plain_vae_replica.py", "--data-dir", str(data_dir), "--epochs", "2", "--limit", "300"])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(",") for line in proc.stdout.strip().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2] and float(rows[1][2]) < float(rows[0][2])
