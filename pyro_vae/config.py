@@ -416,7 +416,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tuple[int, ...]": (tuple, list),
     "tuple[int, ...] | None": (tuple, list, type(None)),
 }
-_TUPLE_FIELDS = ("hidden", "decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones")
+# the settings that hold several integers: tuples here, lists in JSON
+_TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.type).startswith("tuple"))
 
 # what a run folder's config.json holds besides the settings
 RUN_RECORD_KEYS = ("objective", "versions", "data", "custom", "world_size", "recipe")
