@@ -135,6 +135,9 @@ class TrainConfig:
     cycles: int = setting(4, "cycles of the cyclical schedule")
     # "auto" picks CUDA when torch sees a GPU
     device: str = setting("auto", "auto: CUDA when present", choices=DEVICES)
+    # None: the CPUs this process may use (affinity, cgroup quota), shared among torchrun's local ranks;
+    # 1 is often far faster on a CPU that other jobs also use
+    threads: int | None = setting(None, "CPU threads (default: the CPUs this process may use)")
     # torch.compile the encoder and decoder (benchmark before turning on)
     compile: bool = setting(False, "torch.compile the encoder and decoder")
     # CUDA only: bfloat16 autocast for the networks; densities stay float32
@@ -257,7 +260,7 @@ class TrainConfig:
         for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
             _positive(name, getattr(self, name))
             _not_huge(name, getattr(self, name))
-        for name in ("limit_train", "limit_test", "keep_checkpoints"):
+        for name in ("limit_train", "limit_test", "keep_checkpoints", "threads"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         self._check_guide()

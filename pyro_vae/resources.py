@@ -73,3 +73,48 @@ def check_fits(needed: int, device: torch.device, what: str, fix: str, available
         raise ConfigError(
             f"{what} needs about {needed / GB:,.1f} GB, more than the {free / GB:,.1f} GB free on {device.type}; {fix}"
         )
+
+
+def _cgroup_cpus(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs (v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``); None where there is none."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period_us = int(f.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may actually run on: its affinity mask, capped by its cgroup's quota (a
+    container given 2 CPUs of a 64-core host can use 2, though ``os.cpu_count()`` says 64); at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpus(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def set_threads(threads: int | None, processes_here: int = 1) -> int:
+    """Set torch's intra-op threads: ``threads`` when given, else the usable CPUs shared among the
+    ``processes_here`` processes of this job on this machine (torchrun's local ranks). Returns the count.
+
+    On a CPU that other jobs also use, fewer threads are often much faster (threads that wait for a
+    busy core stall the others): pass ``threads=1`` there."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"`threads` must be a positive integer, got {threads!r}")
+    n = threads if threads is not None else max(1, usable_cpus() // max(1, processes_here))
+    torch.set_num_threads(n)
+    return n

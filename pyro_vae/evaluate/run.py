@@ -5,6 +5,7 @@ and adds the result to its ``eval.json``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from pyro_vae.config import DEVICES, setting
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate.report import check_arguments, evaluate
+from pyro_vae.resources import set_threads
 
 
 @dataclass
@@ -37,6 +39,8 @@ class EvalConfig:
     # every draw of every batch follows from it, so a rerun gives the same figures
     seed: int = setting(0, "seed of every draw")
     device: str = setting("auto", "where to score", choices=DEVICES)
+    # None: the CPUs this process may use (affinity, cgroup quota), shared among torchrun's local ranks
+    threads: int | None = setting(None, "CPU threads (default: the CPUs this process may use)")
     progress: bool = setting(True, "a progress bar over the IS pass")
     # None: RUN_DIR/eval.json, which keeps every evaluation of the run
     out: str | None = setting(None, "JSON file to add the results to (default RUN_DIR/eval.json)")
@@ -49,6 +53,8 @@ class EvalConfig:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"`limit` must be a positive number of images, got {self.limit}; leave it out for all")
         check_arguments(self.k, batch_size=self.batch_size, elbo_particles=self.elbo_particles, seed=self.seed)
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"`threads` must be a positive integer, got {self.threads}")
         return self
 
 
@@ -67,6 +73,7 @@ def evaluate_run(config: EvalConfig, *, say: Any = print) -> dict:
     from pyro_vae.runs import load_run_and_data, results
 
     config.validate()
+    set_threads(config.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     out = Path(config.out) if config.out else Path(config.run_dir) / "eval.json"
     main = world().main
     with agreed("the evaluation"):

@@ -34,6 +34,7 @@ FREE_SETTINGS = frozenset(
         "cache_dir",
         "data_placement",
         "device",
+        "threads",
         "compile",
         "cuda_graphs",
         "progress",

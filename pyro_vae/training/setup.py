@@ -3,6 +3,7 @@ all checked before anything is written."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from pyro_vae.models import VAE, build_vae_from_config
 from pyro_vae.objectives import kl_weight, make_elbo
 from pyro_vae.parts.guides import GaussianPosterior
 from pyro_vae.parts.priors import has_closed_form_kl
-from pyro_vae.resources import available_bytes, check_fits, training_bytes
+from pyro_vae.resources import available_bytes, check_fits, set_threads, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
 
@@ -156,6 +157,7 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
                 f"{custom_named[0]}=<module>)), or name a built-in {custom_named[0]}"
             )
     device = device_for(resolve_device(config.device))
+    set_threads(config.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     here = world()
     if config.bf16 and device.type != "cuda":
         raise ConfigError("`bf16` autocast is for CUDA; drop it on the CPU")

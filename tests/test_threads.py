@@ -1,0 +1,78 @@
+"""How many CPU threads a run takes: the CPUs it may use (affinity, cgroup quota), or --threads."""
+
+import os
+
+import pytest
+import torch
+
+from pyro_vae.resources import _cgroup_cpus, set_threads, usable_cpus
+
+from conftest import run_cli, tiny_config
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _cgroup(tmp_path, v2=None, v1=None):
+    root = tmp_path / "cgroup"
+    root.mkdir(parents=True)
+    if v2 is not None:
+        (root / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (root / "cpu").mkdir()
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(str(v1[0]))
+        (root / "cpu" / "cpu.cfs_period_us").write_text(str(v1[1]))
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "v2,v1,cpus",
+    [
+        ("max 100000\n", None, None),  # no quota
+        ("150000 100000\n", None, 1.5),
+        ("400000 100000\n", None, 4.0),
+        (None, (200000, 100000), 2.0),
+        (None, (-1, 100000), None),  # v1's "no quota"
+        (None, None, None),  # no cgroup files at all
+        ("garbage", None, None),
+    ],
+)
+def test_the_cgroup_quota_is_read_from_v2_or_v1(tmp_path, v2, v1, cpus):
+    assert _cgroup_cpus(_cgroup(tmp_path, v2, v1)) == cpus
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(_cgroup(tmp_path, "max 100000")) == affinity
+    assert usable_cpus(_cgroup(tmp_path / "a", "50000 100000")) == 1  # half a CPU still gets one thread
+    assert usable_cpus(_cgroup(tmp_path / "b", f"{(affinity + 5) * 100000} 100000")) == affinity
+
+
+def test_set_threads_takes_the_given_count_or_shares_the_cpus(restore_threads):
+    assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert set_threads(None) == usable_cpus()
+    assert set_threads(None, processes_here=10**6) == 1  # never zero
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="`threads` must be a positive integer"):
+            set_threads(bad)
+
+
+def test_a_run_uses_the_threads_it_is_given(tmp_path, tiny_data, restore_threads):
+    from pyro_vae import train
+
+    train(tiny_config(tmp_path, threads=1, epochs=1), data=tiny_data)
+    assert torch.get_num_threads() == 1
+
+
+def test_threads_zero_is_refused_on_the_command_line(tmp_path, capsys):
+    from pyro_vae.cli import evaluate_main, train_main
+
+    code, _, err = run_cli(train_main, ["--threads", "0", "--out", str(tmp_path / "r")], capsys)
+    assert (code, err.strip()) == (2, "error: --threads must be a positive integer, got 0")
+    code, _, err = run_cli(evaluate_main, [str(tmp_path / "r"), "--threads", "0"], capsys)
+    assert (code, err.strip()) == (2, "error: --threads must be a positive integer, got 0")
+    assert not (tmp_path / "r").exists()
