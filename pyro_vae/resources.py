@@ -108,13 +108,16 @@ def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
 
 
 def set_threads(threads: int | None, processes_here: int = 1) -> int:
-    """Set torch's intra-op threads: ``threads`` when given, else the usable CPUs shared among the
-    ``processes_here`` processes of this job on this machine (torchrun's local ranks). Returns the count.
+    """Set torch's intra-op threads: ``threads`` when given; else, unless ``OMP_NUM_THREADS`` is set (then
+    torch's count, which follows it, is kept), the usable CPUs shared among the ``processes_here``
+    processes of this job on this machine (torchrun's local ranks). Returns the count.
 
     On a CPU that other jobs also use, fewer threads are often much faster (threads that wait for a
     busy core stall the others): pass ``threads=1`` there."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"`threads` must be a positive integer, got {threads!r}")
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
     n = threads if threads is not None else max(1, usable_cpus() // max(1, processes_here))
     torch.set_num_threads(n)
     return n

@@ -52,10 +52,16 @@ def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path):
     assert usable_cpus(_cgroup(tmp_path / "b", f"{(affinity + 5) * 100000} 100000")) == affinity
 
 
-def test_set_threads_takes_the_given_count_or_shares_the_cpus(restore_threads):
+def test_set_threads_takes_the_given_count_or_shares_the_cpus(restore_threads, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert set_threads(1) == 1 and torch.get_num_threads() == 1
     assert set_threads(None) == usable_cpus()
     assert set_threads(None, processes_here=10**6) == 1  # never zero
+    # a user's OMP_NUM_THREADS is kept when no count is given
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert set_threads(None) == 1 and torch.get_num_threads() == 1
+    assert set_threads(2) == 2
     for bad in (0, -2, True, 1.5):
         with pytest.raises(ValueError, match="`threads` must be a positive integer"):
             set_threads(bad)
