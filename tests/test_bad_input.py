@@ -760,3 +760,63 @@ def test_bad_data_gives_one_line_before_any_work(change, settings, message, tmp_
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+# settings given a value that the run would silently ignore: (settings, what would use them)
+IGNORED = [
+    (dict(inference="bottom-up"), dict(model="ladder"), "`inference` applies to `model=ladder` only"),
+    (dict(latents=(4, 2)), dict(model="ladder", hidden=(24, 12)), "`latents` applies to `model=ladder` only"),
+    (dict(batch_norm=True), dict(model="ladder"), "`batch_norm` applies to `model=ladder` only"),
+    (
+        dict(conv_channels=(8, 8), conv_strides=(2, 2)),
+        dict(net="conv"),
+        "`conv_channels` and `conv_strides` apply to `net=conv` only",
+    ),
+    (dict(conv_kernel=5), dict(net="conv"), "`conv_kernel` applies to `net=conv` only"),
+    (dict(conv_depth=2), dict(net="conv"), "`conv_depth` applies to `net=conv` only"),
+    (dict(likelihood_scale=0.3), dict(likelihood="normal"), "`likelihood_scale` applies to `likelihood` normal"),
+    (dict(particles=7), dict(elbo="iwae"), "`particles` applies to `elbo=iwae` only"),
+    (dict(warmup=3), dict(kl_schedule="linear"), "`warmup` applies to `kl_schedule=linear` only"),
+    (dict(warmup_unit="steps"), dict(kl_schedule="linear"), "`warmup_unit` applies to `kl_schedule=linear` only"),
+    (dict(cycles=2), dict(kl_schedule="cyclical"), "`cycles` applies to `kl_schedule=cyclical` only"),
+    (dict(lr_gamma=0.5), dict(lr_milestones=(1,)), "`lr_gamma` applies to `lr_milestones` only"),
+    (dict(flows=3), dict(guide="iaf"), "`flows` and `flow_hidden` shape a flow guide"),
+    (dict(mixture_components=4), None, "`mixture_components` applies to `likelihood=discretized-mixture` only"),
+]
+
+
+@pytest.mark.parametrize("given,needs,message", IGNORED, ids=[next(iter(g)) for g, _, _ in IGNORED])
+def test_a_setting_the_run_would_ignore_is_refused_and_accepted_where_it_applies(
+    tmp_path, tiny_data, given, needs, message
+):
+    from pyro_vae import train
+
+    with pytest.raises(ConfigError) as info:
+        train(tiny_config(tmp_path, **given), data=tiny_data)
+    assert str(info.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+    if needs is not None:  # where the setting is used, the same value is accepted
+        tiny_config(tmp_path, **given, **needs).validate().check_all_used()
+
+
+def test_an_ignored_setting_on_the_command_line_names_the_flags(tmp_path, capsys):
+    code, err = _cli(["--batch-norm", "--out", str(tmp_path / "r")], capsys)
+    assert (code, err.strip()) == (2, "error: --batch-norm applies to --model ladder only: drop it")
+    code, err = _cli(["--conv-depth", "3", "--conv-kernel", "5", "--out", str(tmp_path / "r")], capsys)
+    assert (code, err.strip()) == (2, "error: --conv-kernel and --conv-depth apply to --net conv only: drop it")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_written_before_a_rule_still_resumes(tmp_path, tiny_data):
+    """The ignored-settings rule is for new runs: an older run folder that holds such a value resumes."""
+    import json
+
+    from pyro_vae import resume, train
+
+    first = train(tiny_config(tmp_path, epochs=1), data=tiny_data)
+    path = first.run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    saved["particles"] = 9  # as an older version wrote it beside elbo=mc
+    path.write_text(json.dumps(saved))
+    again = resume(first.run_dir, epochs=2, data=tiny_data)
+    assert [m["epoch"] for m in again.metrics] == [1, 2]

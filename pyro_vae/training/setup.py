@@ -148,6 +148,8 @@ def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = Non
     """Everything before the first step: validate settings, output folder and data, load, build.
     Raises before anything is written, so a bad input never leaves a half-made run folder."""
     config.validate()
+    if new_run:
+        config.check_all_used()
     if vae is None:
         named = ["net", "prior", "likelihood", "guide"]
         custom_named = [p for p in named if getattr(config, p) == "custom"]
