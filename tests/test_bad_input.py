@@ -820,3 +820,74 @@ def test_a_run_written_before_a_rule_still_resumes(tmp_path, tiny_data):
     path.write_text(json.dumps(saved))
     again = resume(first.run_dir, epochs=2, data=tiny_data)
     assert [m["epoch"] for m in again.metrics] == [1, 2]
+
+
+# ---------------------------------------------------------------- hostile files in an image folder
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (its data is a few bytes: a decompression bomb's
+    signature, as far as any reader that trusts the header can tell)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+def _photo_folder(root: Path, n: int = 6) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (12, 12), (i * 30, 80, 160)).save(root / f"ok{i}.png")
+    return root
+
+
+HOSTILE = [
+    ("dangling link", lambda d: (d / "gone.png").symlink_to(d / "nowhere.png"), {}, "gone.png"),
+    (
+        "loop of links",
+        lambda d: ((d / "a.png").symlink_to(d / "b.png"), (d / "b.png").symlink_to(d / "a.png")),
+        {},
+        "a.png",
+    ),
+    ("bomb", lambda d: (d / "bomb.png").write_bytes(_png_header(100_000, 100_000)), {}, "decompression bomb"),
+    (
+        "bomb with image_size",
+        lambda d: (d / "bomb.png").write_bytes(_png_header(100_000, 100_000)),
+        {"image_size": 8},
+        "decompression bomb",
+    ),
+    ("not an image", lambda d: (d / "text.png").write_text("hello"), {}, "cannot read image"),
+    ("truncated", lambda d: (d / "cut.png").write_bytes((d / "ok0.png").read_bytes()[:40]), {}, "cannot read image"),
+    ("huge image_size", lambda d: None, {"image_size": 10**9}, "`image_size=1000000000` would need"),
+]
+
+
+@pytest.mark.parametrize("name,make,options,expect", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_files_in_an_image_folder_are_named_in_one_line(tmp_path, name, make, options, expect):
+    from pyro_vae.data import DataOptions
+    from pyro_vae.data.folder import load_folder
+    from pyro_vae.errors import DataError
+
+    folder = _photo_folder(tmp_path / "photos")
+    make(folder)
+    with pytest.raises(DataError) as info:
+        load_folder(DataOptions(data_dir=str(folder), **options))
+    message = str(info.value)
+    assert expect in message and "\n" not in message
+    assert not (folder / ".pyro_vae_cache").exists() or not any((folder / ".pyro_vae_cache").iterdir())
+
+
+def test_a_hostile_file_on_the_command_line_is_one_line(tmp_path, capsys):
+    folder = _photo_folder(tmp_path / "photos")
+    (folder / "bomb.png").write_bytes(_png_header(100_000, 100_000))
+    code, err = _cli(["--dataset", "folder", "--data-dir", str(folder), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith("error: image ") and "decompression bomb" in err and "\n" not in err
+    assert not (tmp_path / "r").exists()

@@ -79,6 +79,18 @@ def held_out(root: Path, files: list[Path], fraction: float, seed: int) -> list[
     return [i in chosen for i in range(len(files))]
 
 
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return DataError(
+            f"image {path} claims more pixels than PIL's safety limit ({Image.MAX_IMAGE_PIXELS:,}): a decompression "
+            "bomb, or a scan far too large to train on; remove or shrink the file"
+        )
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return DataError(f"cannot read image {path} ({type(exc).__name__}: {text}); fix or remove the file")
+
+
 def _decode(path: Path, size: int | None, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
@@ -95,11 +107,8 @@ def _decode(path: Path, size: int | None, channels: int) -> np.ndarray:
             if size is not None:
                 img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
             array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(
-            f"cannot read image {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "fix or remove the file"
-        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
@@ -108,9 +117,11 @@ def _probe(path: Path) -> tuple[tuple[int, int], str]:
 
     try:
         with Image.open(path) as img:
+            if img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError("too many pixels")
             return img.size, img.mode
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path} ({type(exc).__name__}); fix or remove the file") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _decode_all(files: list[Path], size: int | None, channels: int) -> np.ndarray:
@@ -133,7 +144,10 @@ def _cache_dir(root: Path, options: DataOptions) -> Path:
 def _cache_key(root: Path, files: list[Path], options: DataOptions, layout: str) -> str:
     listing = []
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError as exc:  # a dangling link, a loop of links, a file gone since the listing
+            raise DataError(f"cannot read image {f} ({exc.strerror or exc}); fix or remove the file") from None
         listing.append((f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
     settings = {
         "version": CACHE_VERSION,
@@ -146,6 +160,25 @@ def _cache_key(root: Path, files: list[Path], options: DataOptions, layout: str)
         "split_seed": options.split_seed if layout == "split" else None,
     }
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
+
+
+def _check_decoded_size(
+    files: list[Path], probed: dict[Path, tuple[tuple[int, int], str]], size: int | None, channels: int
+) -> None:
+    """Refuse before decoding what would not fit in memory: all images at their decoded size, and the
+    largest one while it is decoded and resized."""
+    from pyro_vae.resources import GB, available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    largest = max(w * h for (w, h), _ in probed.values()) * 4  # RGBA while decoding
+    per_image = (size * size if size is not None else largest // 4) * channels
+    needed = per_image * len(files) + largest + (size * size * 4 if size is not None else 0)
+    if needed > free:
+        what = f"`image_size={size}`" if size is not None else "the images at their own size"
+        raise DataError(
+            f"{what} would need {needed / GB:.1f} GB to decode {len(files)} images, more than the "
+            f"{free / GB:.1f} GB free; lower `image_size`"
+        )
 
 
 def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
@@ -204,14 +237,17 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             pass  # a damaged cache entry: decode again and replace it
 
+    # every header is read before any image is decoded: no image is decoded at a size refused below
+    probed = {f: _probe(f) for f in every}
     channels = options.channels
     if channels is None:
-        modes = {_probe(f)[1] for f in every}
+        modes = {mode for _, mode in probed.values()}
         channels = 1 if modes <= {"L", "1", "I;16", "I", "F", "LA"} else 3
+    _check_decoded_size(every, probed, options.image_size, channels)
     if options.image_size is None:
         sizes = {}
         for f in every:
-            sizes.setdefault(_probe(f)[0], f)
+            sizes.setdefault(probed[f][0], f)
         if len(sizes) > 1:
             (a, fa), (b, fb) = list(sizes.items())[:2]
             raise DataError(
