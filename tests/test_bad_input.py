@@ -891,3 +891,16 @@ def test_a_hostile_file_on_the_command_line_is_one_line(tmp_path, capsys):
     code, err = _cli(["--dataset", "folder", "--data-dir", str(folder), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and err.startswith("error: image ") and "decompression bomb" in err and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_refused_after_decoding_leaves_no_cache_in_the_image_folder(tmp_path, capsys):
+    folder = _photo_folder(tmp_path / "photos", n=10)
+    argv = ["--dataset", "folder", "--data-dir", str(folder), "--net", "conv", "--batch-size", "4", "--epochs", "1"]
+    code, err = _cli([*argv, "--patches", "64", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "`patches" not in err and "--patches 64 is larger than the 12x12 images" in err
+    assert not (tmp_path / "r").exists()
+    assert not (folder / ".pyro_vae_cache").exists()  # nothing left behind, not even the decoded cache
+    # an accepted run writes the cache as before, and the next run reads it
+    code, err = _cli([*argv, "--no-progress", "--out", str(tmp_path / "ok")], capsys)
+    assert code == 0, err
+    assert any((folder / ".pyro_vae_cache").iterdir())

@@ -23,7 +23,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,30 @@ def held_out(root: Path, files: list[Path], fraction: float, seed: int) -> list[
     keys = [hashlib.sha256(f"{seed}:{f.relative_to(root).as_posix()}".encode()).hexdigest() for f in files]
     chosen = set(sorted(range(len(files)), key=keys.__getitem__)[:n_test])
     return [i in chosen for i in range(len(files))]
+
+
+# cache writes held back while a run is being checked (cache_writes_after_checks); None: write at once
+_pending: list | None = None
+
+
+@contextmanager
+def cache_writes_after_checks() -> Iterator[None]:
+    """Hold back the image-folder cache writes of the block; write them if it ends normally, drop them if
+    it raises. A run refused for its settings after its images were decoded leaves nothing behind, not
+    even a cache in the image folder."""
+    global _pending
+    if _pending is not None:  # nested: the outermost block decides
+        yield
+        return
+    _pending = []
+    try:
+        yield
+    except BaseException:
+        _pending = None
+        raise
+    writes, _pending = _pending, None
+    for write in writes:
+        write()
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -258,15 +284,22 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     test_np = _decode_all(test_files, options.image_size, channels)
     train_labels = _labels(parts[0][0], train_files, classes)
     test_labels = _labels(parts[1][0], test_files, classes)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        write_atomic(train_path, lambda f: np.save(f, train_np))
-        write_atomic(test_path, lambda f: np.save(f, test_np))
-        meta = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(), "classes": classes}
-        # written last: its presence means the arrays are complete
-        write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-    except OSError:
-        pass  # no writable cache: decode again next time
+
+    def save() -> None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            write_atomic(train_path, lambda f: np.save(f, train_np))
+            write_atomic(test_path, lambda f: np.save(f, test_np))
+            meta = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(), "classes": classes}
+            # written last: its presence means the arrays are complete
+            write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+        except OSError:
+            pass  # no writable cache: decode again next time
+
+    if _pending is not None:
+        _pending.append(save)  # written once the run's checks have passed
+    else:
+        save()
     if stats is not None:
         stats.update(cache="miss", cache_path=str(train_path), seconds=time.perf_counter() - start)
     return RawData(torch.from_numpy(train_np), train_labels, torch.from_numpy(test_np), test_labels, classes=classes)

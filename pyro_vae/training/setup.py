@@ -23,6 +23,7 @@ from pyro_vae.data import (
     load_source,
     prepare,
 )
+from pyro_vae.data.folder import cache_writes_after_checks
 from pyro_vae.distributed import World, derive_seed, device_for, gather_objects, resolve_device, world
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import VAE, build_vae_from_config
@@ -146,7 +147,13 @@ class Run:
 
 def setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None = None, *, new_run: bool = True) -> Run:
     """Everything before the first step: validate settings, output folder and data, load, build.
-    Raises before anything is written, so a bad input never leaves a half-made run folder."""
+    Raises before anything is written, so a bad input never leaves a half-made run folder (nor an image
+    folder's cache: it is written only once every check has passed)."""
+    with cache_writes_after_checks():
+        return _setup_run(config, data, vae, new_run=new_run)
+
+
+def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, new_run: bool) -> Run:
     config.validate()
     if new_run:
         config.check_all_used()
