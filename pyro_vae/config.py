@@ -444,6 +444,11 @@ def _differs(value: Any, default: Any) -> bool:
 _SCALED = ("normal", "normal-image", "normal-pixel", "laplace")
 # (settings, whether the run uses them, what they need): what check_all_used refuses when ignored
 _APPLIES_ONLY: list[tuple[tuple[str, ...], Any, str]] = [
+    (
+        ("image_size", "channels", "test_fraction", "split_seed", "cache_dir"),
+        lambda c: c.dataset == "folder",
+        "`dataset=folder`",
+    ),
     (("inference", "latents", "batch_norm"), lambda c: c.model == "ladder", "`model=ladder`"),
     (("conv_channels", "conv_strides", "conv_kernel", "conv_depth"), lambda c: c.net == "conv", "`net=conv`"),
     (

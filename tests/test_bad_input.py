@@ -782,6 +782,9 @@ IGNORED = [
     (dict(lr_gamma=0.5), dict(lr_milestones=(1,)), "`lr_gamma` applies to `lr_milestones` only"),
     (dict(flows=3), dict(guide="iaf"), "`flows` and `flow_hidden` shape a flow guide"),
     (dict(mixture_components=4), None, "`mixture_components` applies to `likelihood=discretized-mixture` only"),
+    (dict(image_size=16), None, "`image_size` applies to `dataset=folder` only"),
+    (dict(cache_dir="somewhere"), None, "`cache_dir` applies to `dataset=folder` only"),
+    (dict(test_fraction=0.2, split_seed=3), None, "`test_fraction` and `split_seed` apply to `dataset=folder` only"),
 ]
 
 
@@ -904,3 +907,26 @@ def test_a_run_refused_after_decoding_leaves_no_cache_in_the_image_folder(tmp_pa
     code, err = _cli([*argv, "--no-progress", "--out", str(tmp_path / "ok")], capsys)
     assert code == 0, err
     assert any((folder / ".pyro_vae_cache").iterdir())
+
+
+@pytest.mark.parametrize("case", ["a file", "below a file", "read-only"])
+def test_a_cache_dir_that_cannot_hold_the_cache_is_refused(tmp_path, case):
+    from pyro_vae.data import DataOptions
+    from pyro_vae.data.folder import load_folder
+    from pyro_vae.errors import DataError
+
+    folder = _photo_folder(tmp_path / "photos")
+    (tmp_path / "afile").write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cache = {"a file": tmp_path / "afile", "below a file": tmp_path / "afile" / "c", "read-only": locked / "c"}[case]
+    try:
+        if case == "read-only" and os.access(locked, os.W_OK):
+            pytest.skip("running as a user that can write anywhere")
+        with pytest.raises(DataError, match=r"`cache_dir=") as info:
+            load_folder(DataOptions(data_dir=str(folder), cache_dir=str(cache)))
+        assert "\n" not in str(info.value)
+        assert not (folder / ".pyro_vae_cache").exists()
+    finally:
+        locked.chmod(0o700)

@@ -188,6 +188,21 @@ def _cache_key(root: Path, files: list[Path], options: DataOptions, layout: str)
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
 
 
+def _check_cache_dir(path: Path) -> None:
+    """A cache folder given by name must be one this process can write (or create): otherwise the run
+    would decode every image on every start without a word."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"`cache_dir={path}` is, or lies below, a file ({existing}); pass a folder for the cache")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(
+            f"`cache_dir={path}`: cannot write in {existing}; pass a folder you can write, or leave `cache_dir` "
+            "out (the image folder's .pyro_vae_cache, else ~/.cache/pyro_vae)"
+        )
+
+
 def _check_decoded_size(
     files: list[Path], probed: dict[Path, tuple[tuple[int, int], str]], size: int | None, channels: int
 ) -> None:
@@ -218,6 +233,8 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
         raise DataError(f"`data_dir={root}` is not a folder; pass the folder that holds your images")
     if options.channels not in (None, 1, 3):
         raise DataError(f"`channels` must be 1 or 3, got {options.channels}")
+    if options.cache_dir:
+        _check_cache_dir(Path(options.cache_dir))
     split_dirs = (root / "train", root / "test")
     if all(d.is_dir() for d in split_dirs):
         layout = "folders"
