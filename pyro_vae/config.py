@@ -210,14 +210,9 @@ class TrainConfig:
         """Refuse a setting given a value that this run would silently ignore (a hierarchy option with
         ``model=vae``, a conv option with ``net=mlp``, ...), in one line naming it and what it needs.
         Checked for new runs only, so a run folder written before a rule was added still resumes."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for names, applies, needs in _APPLIES_ONLY:
-            if applies(self):
-                continue
-            given = [n for n in names if _differs(getattr(self, n), defaults[n])]
-            if given:
-                shown = " and ".join(f"`{n}`" for n in given)
-                raise ConfigError(f"{shown} {'applies' if len(given) == 1 else 'apply'} to {needs} only: drop it")
+        from pyro_vae.usage import check_all_used
+
+        check_all_used(self, {f.name: f.default for f in dataclasses.fields(self)})
         return self
 
     def _check_guide(self) -> None:
@@ -434,33 +429,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tuple[int, ...] | None": (tuple, list, type(None)),
 }
 
-
-def _differs(value: Any, default: Any) -> bool:
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return tuple(value) != tuple(default)
-    return value != default
-
-
-_SCALED = ("normal", "normal-image", "normal-pixel", "laplace")
-# (settings, whether the run uses them, what they need): what check_all_used refuses when ignored
-_APPLIES_ONLY: list[tuple[tuple[str, ...], Any, str]] = [
-    (
-        ("image_size", "channels", "test_fraction", "split_seed", "cache_dir"),
-        lambda c: c.dataset == "folder",
-        "`dataset=folder`",
-    ),
-    (("inference", "latents", "batch_norm"), lambda c: c.model == "ladder", "`model=ladder`"),
-    (("conv_channels", "conv_strides", "conv_kernel", "conv_depth"), lambda c: c.net == "conv", "`net=conv`"),
-    (
-        ("likelihood_scale",),
-        lambda c: c.likelihood in (*_SCALED, "custom"),
-        "`likelihood` " + ", ".join(_SCALED),
-    ),
-    (("particles",), lambda c: c.elbo == "iwae", "`elbo=iwae`"),
-    (("warmup", "warmup_unit"), lambda c: c.kl_schedule == "linear", "`kl_schedule=linear`"),
-    (("cycles",), lambda c: c.kl_schedule == "cyclical", "`kl_schedule=cyclical`"),
-    (("lr_gamma",), lambda c: c.lr_milestones is not None, "`lr_milestones`"),
-]
 
 # the settings that hold several integers: tuples here, lists in JSON
 _TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.type).startswith("tuple"))

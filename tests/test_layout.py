@@ -15,7 +15,7 @@ LAYERS = [
     ("pyro_vae.errors", "pyro_vae.files", "pyro_vae.distributed", "pyro_vae.resources", "pyro_vae.images"),
     ("pyro_vae.parts", "pyro_vae.objectives", "pyro_vae.notebook"),
     ("pyro_vae.models", "pyro_vae.data"),
-    ("pyro_vae.config",),
+    ("pyro_vae.config", "pyro_vae.usage"),
     ("pyro_vae.runs",),
     ("pyro_vae.evaluate", "pyro_vae.studies", "pyro_vae.plots", "pyro_vae.training"),
     ("pyro_vae.benchmark", "pyro_vae.recipes"),
