@@ -175,15 +175,20 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     config_file = given.pop("config", None)
     timeout = given.pop("dist_timeout", None)
     if resume_dir is not None:
-        extra = [_flag(k) for k in given if k not in ("epochs", "progress")] + (["--config"] if config_file else [])
+        extra = [_flag(k) for k in given if k not in ("epochs", "progress", "time_limit")] + (["--config"] if config_file else [])
         if extra:
-            parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} (only --epochs may change)")
+            parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} (only --epochs, --time-limit and --no-progress may change)")
 
     def go() -> None:
         from pyro_vae.training import resume, train
 
         if resume_dir is not None:
-            result = resume(resume_dir, epochs=given.get("epochs"), progress=given.get("progress"))
+            result = resume(
+                resume_dir,
+                epochs=given.get("epochs"),
+                progress=given.get("progress"),
+                time_limit=given.get("time_limit", "keep"),
+            )
         else:
             settings = TrainConfig().to_dict()
             source = "flags"

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -87,14 +88,98 @@ def test_console_command_is_installed():
     assert proc.returncode == 0 and "--elbo" in proc.stdout
 
 
-def test_gpu_check_refuses_without_a_gpu_and_has_help():
+def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--help"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0 and "--minutes" in proc.stdout
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present: the check itself is run by hand (README, GPU check)")
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: torch sees no GPU; run this on a machine with CUDA"
+    assert proc.returncode == 0 and "--budget-minutes" in proc.stdout
+    out = tmp_path / "out"
+    cases = [
+        (["--budget-minutes", "0"], "--budget-minutes must be from 0.5 to 600"),
+        (["--budget-minutes", "nan"], "--budget-minutes must be a number"),
+        (["--device", "cpu", "--data-dir", str(tmp_path / "nowhere")], "no MNIST/raw under --data-dir"),
+        (["--device", "cpu", "--k", "0", "--data-dir", str(tmp_path)], None),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(([], "torch sees no GPU; run this where CUDA is, or pass --device cpu for the dry run"))
+    for args, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "scripts/gpu_check.py", "--out", str(out), *args], capture_output=True, text=True, cwd=ROOT
+        )
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        if message:
+            assert message in proc.stderr, proc.stderr
+        assert not out.exists()  # a refused check leaves nothing behind
+
+
+def test_gpu_check_children_keep_the_callers_pythonpath(tmp_path, monkeypatch):
+    from pyro_vae.benchmark.check import Check, CheckConfig, child_env
+
+    (tmp_path / "only_on_pythonpath.py").write_text("print('found')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}/elsewhere")
+    env = child_env("/data")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), str(tmp_path), "/elsewhere"]
+    assert env["PYRO_VAE_DATA"] == "/data"
+    check = Check(CheckConfig(out=str(tmp_path / "out"), work=str(tmp_path / "work"), device="cpu"))
+    check.out.mkdir()
+    step = check.run("probe", [sys.executable, "-c", "import only_on_pythonpath"], 60)
+    assert step.status == "ok" and "found" in (check.out / "gpu_check.log").read_text()
+
+
+def test_gpu_check_deadlines_never_pass_the_budget(tmp_path):
+    from pyro_vae.benchmark.check import FLOORS, SHARES, Check, CheckConfig
+
+    now = [0.0]
+    check = Check(CheckConfig(budget_minutes=8, out=str(tmp_path / "o"), work=str(tmp_path)), clock=lambda: now[0])
+    for name in SHARES:
+        assert check.share(name) == max(SHARES[name] * 480, FLOORS[name])
+    now[0] = 470.0  # ten seconds left: no step may be given more
+    assert all(check.share(name) == 10.0 for name in SHARES)
+    now[0] = 500.0
+    assert all(check.share(name) == 0.0 for name in SHARES)
+    check.out.mkdir()
+    step = check.run("late", [sys.executable, "-c", "pass"], check.share("cuda_tests"))
+    assert step.status == "skipped" and "no time left" in step.note
+
+
+def test_gpu_check_kills_a_step_at_its_deadline(tmp_path):
+    from pyro_vae.benchmark.check import Check, CheckConfig
+
+    check = Check(CheckConfig(out=str(tmp_path / "o"), work=str(tmp_path), device="cpu"))
+    check.out.mkdir()
+    # the child starts a grandchild that would outlive it; the whole process group goes
+    sleeper = "[sys.executable, '-c', 'import time; time.sleep(60)']"
+    code = f"import subprocess, sys, time; subprocess.Popen({sleeper}); time.sleep(60)"
+    step = check.run("slow", [sys.executable, "-c", code], 6)
+    assert step.status == "timed out" and step.exit == 124 and step.seconds < 20
+    summary = json.loads((check.out / "summary.json").read_text())
+    assert summary["steps"]["slow"]["status"] == "timed out"  # written as it came
+
+
+@pytest.mark.real_data
+def test_gpu_check_dry_run_on_the_cpu_follows_the_whole_plan(tmp_path, data_dir):
+    """The same plan as on the GPU, tiny sizes: a wrong key or a missing flag fails here first."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["scripts/gpu_check.py", "--device", "cpu", "--budget-minutes", "3", "--tiny"]
+    proc = run([*args, "--data-dir", data_dir, "--out", str(out), "--work", str(work)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "summary.json", "summary.md"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["elapsed_minutes"] <= 3.2
+    assert list(summary["steps"]) == summary["plan"]
+    assert all(s["status"] == "ok" for s in summary["steps"].values()), summary["steps"]
+    assert summary["steps"]["cuda_tests"]["results"]["skipped"] >= 8  # every CUDA test was collected
+    for batch in (256, 128):
+        res = summary["steps"][f"benchmark_b{batch}"]["results"]
+        assert set(res["rows"]) == {"pytorch", "pyro-example", "ours-mc"}
+        assert {"ours-mc/pytorch", "ours-mc/pyro-example"} <= set(res["ratios"])
+        assert res["evaluation"]["k"] == 20
+    train, ev = summary["steps"]["quality_train"]["results"], summary["steps"]["quality_eval"]["results"]
+    assert train["epochs"] == 2 and ev["k"] == 20 and ev["images"] == 200 and ev["epoch"] == 2
+    # the importance-sampled bound is at least as tight as the ELBO, up to its standard error
+    assert ev["nll"] <= train["test_neg_elbo"] + 4 * ev["nll_se"]
+    md = (out / "summary.md").read_text()
+    for heading in ("Training step, batch 256", "Training step, batch 128", "Held-out K = 20", "Quality run"):
+        assert heading in md
 
 
 @pytest.mark.parametrize(
