@@ -175,9 +175,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     config_file = given.pop("config", None)
     timeout = given.pop("dist_timeout", None)
     if resume_dir is not None:
-        extra = [_flag(k) for k in given if k not in ("epochs", "progress", "time_limit")] + (["--config"] if config_file else [])
+        extra = [_flag(k) for k in given if k not in ("epochs", "progress", "time_limit")]
+        extra += ["--config"] if config_file else []
         if extra:
-            parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} (only --epochs, --time-limit and --no-progress may change)")
+            may = "only --epochs, --time-limit and --no-progress may change"
+            parser.error(f"--resume takes the run's own settings; drop {', '.join(extra)} ({may})")
 
     def go() -> None:
         from pyro_vae.training import resume, train

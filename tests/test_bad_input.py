@@ -709,8 +709,8 @@ def test_missing_data_and_resume_mistakes(tmp_path, capsys):
     code, err = _cli(["--resume", str(tmp_path), "--z-dim", "3"], capsys)
     assert (code, err) == (
         2,
-        "error: --resume takes the run's own settings; drop --z-dim (only --epochs may change); "
-        "see pyro-vae-train --help",
+        "error: --resume takes the run's own settings; drop --z-dim "
+        "(only --epochs, --time-limit and --no-progress may change); see pyro-vae-train --help",
     )
     assert not (tmp_path / "r").exists()
 

@@ -80,3 +80,16 @@ def test_python_dash_m_runs_each_command(idx_root, tmp_path):
         p.returncode == 2
         and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, benchmark, reproduce"
     )
+
+
+def test_resume_takes_a_time_limit_of_its_own(idx_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--data-dir", str(idx_root), "--no-download", "--batch-size", "16", "--z-dim", "2", "--no-progress"]
+    assert train_main([*argv, "--epochs", "1", "--time-limit", "5", "--out", str(run)]) == 0
+    # the continuation's own limit, counted from the resume: it stops after its first epoch, not at 50
+    assert train_main(["--resume", str(run), "--epochs", "50", "--time-limit", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "time limit of 1e-09 minutes reached after epoch 2" in out
+    metrics = (run / "metrics.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2"]
+    assert json.loads((run / "config.json").read_text())["time_limit"] == 5  # the record keeps the run's own

@@ -44,7 +44,7 @@ NEEDED_MODULES = ("torch", "torchvision", "numpy", "pyro", "pyroapi", "opt_einsu
 # each step's share of the whole budget, at most; time a step leaves unused goes to the quality run
 SHARES = {"preflight": 0.08, "cuda_tests": 0.22, "benchmark_b256": 0.16, "benchmark_b128": 0.16}
 # and at least this many seconds, if the budget has them: below that, no child gets past its imports
-FLOORS = {"preflight": 30.0, "cuda_tests": 30.0, "benchmark_b256": 45.0, "benchmark_b128": 45.0}
+FLOORS = {"preflight": 30.0, "cuda_tests": 30.0, "benchmark_b256": 60.0, "benchmark_b128": 60.0}
 MIN_TRAIN_SECONDS = 15.0  # a quality run shorter than this says nothing; the step is skipped instead
 START_SECONDS = 20.0  # a child's imports and data loading, before its own clock starts
 
