@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: no usage block, the problem and where to look."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+        # under torchrun every rank parses the same flags: rank 0 alone says what is wrong
+        self.exit(2, f"error: {message}; see {self.prog} --help\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def _int(text: str) -> int:

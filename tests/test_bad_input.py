@@ -410,6 +410,20 @@ DATASET_OPTIONS = [
     (["--conv-channels", "32", "64", "--net", "conv"], "one value per layer"),
     (["--conv-strides", "0", "2", "2", "1", "--net", "conv"], "--conv-strides must be one or more positive integers"),
     (["--conv-depth", "0", "--net", "conv"], "--conv-depth must be a positive integer"),
+    # sizes checked in integers before anything is built: strides past 1x1, weights past 2**31
+    (
+        ["--conv-depth", "4", "--net", "conv"],
+        "conv layer 4 of 4 strides over 1x1 maps: 8x8 images are down to 1x1 after 3",
+    ),
+    (["--conv-depth", "50", "--net", "conv"], "conv layer 4 of 50 strides over 1x1 maps"),
+    (
+        ["--conv-channels", "4", "4", "4", "4", "4", "--conv-strides", "2", "1", "2", "2", "2", "--net", "conv"],
+        "conv layer 5 of 5 strides over 1x1 maps: 8x8 images are down to 1x1 after 3",
+    ),
+    (
+        ["--conv-channels", "99999", "99999", "--conv-strides", "1", "1", "--net", "conv"],
+        "would hold about 9e+10 weights",
+    ),
     (["--decoder-hidden", "0"], "--decoder-hidden must be one or more positive integers"),
     (["--data-placement", "gpu"], "invalid choice: 'gpu'"),
     (["--dataset", "folder"], "differ in size"),

@@ -270,3 +270,19 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path):
     p = _torchrun("-m", "pyro_vae", "train", "--resume", str(run), "--epochs", str(done + 1), cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert read_metrics(run)[-1]["epoch"] == done + 1
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["train", "--zdim", "3"], "error: unrecognized arguments: --zdim 3; see pyro-vae-train --help"),
+        (["trian"], "error: unknown command 'trian'; choose one of train, evaluate, benchmark, reproduce"),
+        (["train", "--out", "r"], "error: mnist not found in"),  # no data offline: and no debris either
+    ],
+)
+def test_torchrun_says_a_mistake_once(tmp_path, args, expect):
+    p = _torchrun("-m", "pyro_vae", *args, "--no-download" if args[-1] == "r" else "--no-progress", cwd=tmp_path)
+    assert p.returncode != 0
+    errors = [t for t in p.stderr.splitlines() if t.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(expect), p.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing left behind: no run folder, no empty data/MNIST/raw

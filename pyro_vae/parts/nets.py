@@ -98,6 +98,36 @@ class ConvSpec:
             raise ConfigError(f"the dense layer width must be positive, got {self.dense}")
         return self
 
+    # a stack past this many weights cannot be trained here anyway; refusing it early beats an overflow
+    MAX_PARAMETERS = 2**31
+
+    def check_for(self, hw: tuple[int, int], channels: int) -> list[tuple[int, int]]:
+        """The spatial sizes for ``hw`` images, after refusing a stack that does not fit them: a stride
+        above 1 on maps already 1x1, or more weights than :attr:`MAX_PARAMETERS` (checked in integers,
+        before any tensor is made)."""
+        sizes = self.sizes(hw)
+        if min(sizes[-1]) < 1:
+            raise ConfigError(f"the conv stack shrinks {hw[0]}x{hw[1]} images to nothing; use fewer stride-2 layers")
+        for i, ((h, w), stride) in enumerate(zip(sizes, self.strides, strict=False)):
+            if stride > 1 and h == 1 and w == 1:
+                fit = sum(1 for (hh, ww), st in zip(sizes, self.strides, strict=False) if st > 1 and hh * ww > 1)
+                raise ConfigError(
+                    f"conv layer {i + 1} of {len(self.strides)} strides over 1x1 maps: {hw[0]}x{hw[1]} images are "
+                    f"down to 1x1 after {fit} stride-2 layers; use at most {fit} (`conv_depth`, `conv_strides`) "
+                    "or larger images"
+                )
+        weights, c = 0, channels
+        for filters in self.channels:
+            weights += c * filters * self.kernel**2
+            c = filters
+        weights += c * sizes[-1][0] * sizes[-1][1] * (self.dense or 1)
+        if weights > self.MAX_PARAMETERS:
+            raise ConfigError(
+                f"the conv stack would hold about {weights:.3g} weights; use fewer or narrower layers "
+                "(`conv_depth`, `conv_channels`)"
+            )
+        return sizes
+
     def sizes(self, hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Spatial size before each conv layer and after the last one."""
         pad = self.kernel // 2
@@ -128,9 +158,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         spec.check()
         c, h, w = _image_shape(event_shape)
-        sizes = spec.sizes((h, w))
-        if min(sizes[-1]) < 1:
-            raise ConfigError(f"the conv stack shrinks {h}x{w} images to nothing; use fewer stride-2 layers")
+        sizes = spec.check_for((h, w), c)
         layers: list[nn.Module] = []
         for filters, stride in zip(spec.channels, spec.strides, strict=True):
             layers += [nn.Conv2d(c, filters, spec.kernel, stride=stride, padding=spec.kernel // 2), nn.LeakyReLU()]
@@ -163,7 +191,7 @@ class ConvDecoder(nn.Module):
         spec.check()
         channels, h, w = _image_shape(event_shape)
         event_channels = channels if event_channels is None else event_channels
-        sizes = spec.sizes((h, w))
+        sizes = spec.check_for((h, w), channels)
         self.event_shape = (channels, h, w)
         self.start = (spec.channels[-1], *sizes[-1])
         dense: list[nn.Module] = []
