@@ -19,6 +19,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image", "scipy"],
+        # JupyterLab for working in the notebooks; the tests run them headless with nbclient
+        "notebooks": ["jupyterlab", "ipykernel"],
     },
     entry_points={
         "console_scripts": [
