@@ -227,3 +227,15 @@ def test_data_of_any_shape_trains_and_draws_its_pictures(tmp_path, shape):
     assert math.isfinite(result.metrics[-1]["test_loss"])
     pictures = sorted(p.name for p in (result.run_dir / "images").iterdir())
     assert pictures == ["reconstructions_epoch0001.png", "samples_epoch0001.png"]
+
+
+def test_a_run_of_very_few_steps_says_so(tmp_path, tiny_data, capsys):
+    from pyro_vae.training.run import FEW_STEPS, few_steps_note
+
+    assert few_steps_note(FEW_STEPS, 50, 4) is None
+    assert few_steps_note(FEW_STEPS - 1, 1, FEW_STEPS - 1).startswith(f"note: this run takes only {FEW_STEPS - 1}")
+    steps = math.ceil(len(tiny_data.train) / 32)
+    config = tiny_config(tmp_path, batch_size=32, epochs=2)
+    train(config, data=tiny_data)
+    out = capsys.readouterr().out
+    assert f"note: this run takes only {2 * steps} optimiser steps (2 epochs of {steps})" in out

@@ -99,7 +99,25 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
             (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
             write_metrics(run.run_dir, [])
             tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
+            few = few_steps_note(run.total_steps, len(run.batches), run.config.epochs)
+            if few:
+                tqdm.write(few)
     return _fit(run, epoch=0, step=0, position=None, best=None)
+
+
+# below this many optimiser steps a VAE has barely left its initialisation: grey pictures, high losses
+FEW_STEPS = 200
+
+
+def few_steps_note(total: int, per_epoch: int, epochs: int) -> str | None:
+    """One line when a run is too short to learn much, saying how short and what to change."""
+    if total >= FEW_STEPS:
+        return None
+    return (
+        f"note: this run takes only {total} optimiser steps ({epochs} epochs of {per_epoch}); after fewer than "
+        f"{FEW_STEPS} a VAE has barely moved from its start (grey pictures, high losses): raise the epochs, "
+        "lower the batch size or give it more images"
+    )
 
 
 def resume(
