@@ -160,7 +160,8 @@ def test_gpu_check_dry_run_on_the_cpu_follows_the_whole_plan(tmp_path, data_dir)
     """The same plan as on the GPU, tiny sizes: a wrong key or a missing flag fails here first."""
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["scripts/gpu_check.py", "--device", "cpu", "--budget-minutes", "3", "--tiny"]
-    proc = run([*args, "--data-dir", data_dir, "--out", str(out), "--work", str(work)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # its benchmark rows start together: no spinning threads
+    proc = run([*args, "--data-dir", data_dir, "--out", str(out), "--work", str(work)], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "summary.json", "summary.md"]
     summary = json.loads((out / "summary.json").read_text())

@@ -1,6 +1,7 @@
 """Speed options never change results silently, and the benchmark runs (smoke size; speed is not tested)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -77,7 +78,9 @@ def test_benchmark_smoke_writes_valid_json(data_dir, tmp_path):
     cmd = [sys.executable, "scripts/benchmark.py", "--data-dir", data_dir, "--limit-train", "256"]
     cmd += ["--limit-test", "64", "--steps", "2", "--warmup-steps", "1", "--repeats", "1", "--eval-k", "8"]
     cmd += ["--eval-images", "4", "--eval-loop-images", "2", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # one thread per row process: the rows start together, and spinning OpenMP threads slow a smoke run 2x
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     paths = ["pyro-example", "conventional", "pyro-svi", "pytorch", "ours-mc", "ours-analytic"]
