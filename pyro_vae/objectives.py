@@ -17,7 +17,7 @@ from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
@@ -28,6 +28,32 @@ OBJECTIVES = {
     "iwae": "importance-weighted bound with K particles (RenyiELBO, alpha = 0), vectorised",
 }
 SCHEDULES = ("constant", "linear", "cyclical")
+
+
+def _importance_trace(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    """Pyro's ``get_importance_trace`` for the common case, with less Python: the guide traced, the model
+    replayed against it and traced, the plates' subsample sites dropped (in place: both traces are new, so
+    Pyro's copies are not needed), log densities and score parts computed. With validation on, or a
+    ``GuideMessenger`` guide, Pyro's own function runs, with its checks."""
+    if is_validation_enabled() or isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
+        return elbo._get_trace(model, guide, args, kwargs)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    for trace in (guide_trace, model_trace):
+        for name in [name for name, site in trace.nodes.items() if site_is_subsample(site)]:
+            trace.remove_node(name)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    return model_trace, guide_trace
+
+
+def _traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    # Pyro's _get_traces, one particle at a time; vectorised particles keep Pyro's own path
+    if elbo.vectorize_particles:
+        yield from elbo._get_traces(model, guide, args, kwargs)
+        return
+    for _ in range(elbo.num_particles):
+        yield _importance_trace(elbo, model, guide, args, kwargs)
 
 
 class SyncFreeTrace_ELBO(Trace_ELBO):
@@ -65,7 +91,7 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
         loss: torch.Tensor | float = 0.0
         surrogate: torch.Tensor | float = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in _traces(self, model, guide, args, kwargs):
             loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
             loss = loss + loss_particle / self.num_particles
             surrogate = surrogate + surrogate_particle / self.num_particles
@@ -110,7 +136,7 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
         if is_validation_enabled():
             return super().differentiable_loss(model, guide, *args, **kwargs)  # Pyro's checks, with their syncs
         loss: torch.Tensor | float = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in _traces(self, model, guide, args, kwargs):
             loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
         assert isinstance(loss, torch.Tensor)
         return loss

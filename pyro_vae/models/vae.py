@@ -94,7 +94,7 @@ class VAE(nn.Module):
     def model(self, x: torch.Tensor) -> None:
         """p(x, z) for a batch ``x: (N, *event_shape)``."""
         self._register("decoder", "prior", "likelihood")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
             with self._kl_scaled():
                 z = pyro.sample("z", self.prior())  # (N, z_dim)
             logits = _full_precision(self.decoder(z))  # (N, *event_shape)
@@ -103,7 +103,7 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
         self._register("encoder", "posterior")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
             loc, scale, context = self._encode(x)
             with self._kl_scaled():
                 pyro.sample("z", self.posterior(loc, scale, context))

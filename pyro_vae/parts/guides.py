@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.parts.lean import DiagNormal
 from pyro_vae.parts.registry import Registry
 
 
@@ -38,7 +39,7 @@ class GaussianPosterior(nn.Module):
     needs_context = False
 
     def forward(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor | None = None):
-        return dist.Normal(loc, scale).to_event(1)
+        return DiagNormal(loc, scale)  # Normal(loc, scale).to_event(1), lean
 
     def point(self, loc: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The z the pictures decode: the posterior mean."""

@@ -24,6 +24,7 @@ from pyro_vae.parts.discrete import (
     DiscretizedLogistic,
     DiscretizedMixtureLikelihood,
 )
+from pyro_vae.parts.lean import BernoulliLogits
 from pyro_vae.parts.registry import Registry
 
 
@@ -74,7 +75,7 @@ class BernoulliLikelihood(nn.Module):
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
         """:param logits: decoder output ``(..., *event_shape)``.
         :param event_dim: number of trailing dims that make one data point."""
-        return dist.Bernoulli(logits=logits).to_event(event_dim)
+        return BernoulliLogits(logits, event_dim)  # Bernoulli(logits=logits).to_event(event_dim), lean
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         """E[x|z], for pictures only: the log-likelihood always uses the logits."""

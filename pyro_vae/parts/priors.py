@@ -15,6 +15,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 from torch.distributions import kl_divergence
 
+from pyro_vae.parts.lean import DiagNormal
 from pyro_vae.parts.registry import Registry
 
 
@@ -39,6 +40,9 @@ class StandardNormalPrior(_FixedPrior):
 
     family = dist.Normal
 
+    def forward(self) -> dist.TorchDistribution:
+        return DiagNormal(self.loc, self.scale)  # Normal(0, 1).to_event(1), lean
+
 
 def _positive(raw: torch.Tensor) -> torch.Tensor:
     # softplus keeps learned scales positive without exp's overflow
@@ -57,7 +61,7 @@ class LearnedNormalPrior(nn.Module):
         self.raw_scale = nn.Parameter(torch.full((z_dim,), _SOFTPLUS_INV_1))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, _positive(self.raw_scale)).to_event(1)
+        return DiagNormal(self.loc, _positive(self.raw_scale))
 
 
 class StudentTPrior(nn.Module):
