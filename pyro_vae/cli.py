@@ -289,20 +289,28 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     a("--eval-images", type=int, default=d.eval_images, help="images for batched evaluation (default %(default)s)")
     a("--eval-loop-images", type=int, default=d.eval_loop_images, help="images for the per-image loop (default 20)")
     a("--seed", type=_int, default=d.seed, help="default %(default)s")
+    a("--load", type=int, default=d.load, help="competing single-thread processes to run beside it (default 0)")
+    a("--threads", type=_int, default=d.threads, help="torch threads in every row (default: torch's, every core)")
+    a("--breakdown", action="store_true", help="only time one step's layers beyond the PyTorch floor (CPU)")
     a("--out", default="benchmark.json", help="JSON file to write (default %(default)s)")
     args = vars(p.parse_args(argv))
     out = args.pop("out")
+    breakdown = args.pop("breakdown")
     args["paths"] = tuple(args["paths"])
     cfg = BenchmarkConfig(**args)
 
     def go() -> None:
-        from pyro_vae.benchmark import format_results, run_benchmark, save
+        from pyro_vae.benchmark import format_breakdown, format_results, run_benchmark, save, step_breakdown
         from pyro_vae.files import check_writable_file
 
         cfg.validate()
         check_writable_file(out, example="benchmark.json")  # before the work, not after
-        result = run_benchmark(cfg)
-        print(format_results(result), flush=True)  # on screen even if the file write fails after all
+        if breakdown:
+            result = step_breakdown(cfg, progress=True)
+            print(format_breakdown(result), flush=True)
+        else:
+            result = run_benchmark(cfg)
+            print(format_results(result), flush=True)  # on screen even if the file write fails after all
         try:
             save(result, out)
         except OSError as exc:

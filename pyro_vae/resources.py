@@ -1,10 +1,12 @@
-"""Refuse sizes that cannot fit before allocating anything: the model is built on torch's ``meta``
-device (shapes only, no memory) to count its parameters and one data point's activations."""
+"""The machine a run meets: sizes that cannot fit are refused before allocating anything (the model is
+built on torch's ``meta`` device, shapes only, to count its parameters and one data point's activations);
+the CPU threads are chosen from the CPUs the process may use; and other processes' load is watched."""
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 
 import torch
@@ -121,3 +123,62 @@ def set_threads(threads: int | None, processes_here: int = 1) -> int:
     n = threads if threads is not None else max(1, usable_cpus() // max(1, processes_here))
     torch.set_num_threads(n)
     return n
+
+
+def _busy_seconds(cpus: set[int], stat: str = "/proc/stat") -> float | None:
+    """Seconds the given CPUs have spent busy since boot (user, nice, system, irq, softirq and steal
+    time in ``/proc/stat``); None where that file is not there."""
+    try:
+        with open(stat) as f:
+            lines = f.read().splitlines()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    busy = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in fields] + [0] * 8
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return busy / tick
+
+
+class SharedCpuWatch:
+    """How many of this process's CPUs other processes keep busy: the busy time of the CPUs it may run on
+    (its affinity) minus its own CPU time, over wall time, since the watch started.
+
+    :param stat: the kernel's CPU counters (a test passes its own file).
+    """
+
+    def __init__(self, stat: str = "/proc/stat") -> None:
+        try:
+            self.cpus = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = set(range(os.cpu_count() or 1))
+        self.stat = stat
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float | None, float]:
+        own = os.times()
+        return time.perf_counter(), _busy_seconds(self.cpus, self.stat), own.user + own.system
+
+    def others(self) -> float | None:
+        """CPUs' worth of other processes' work on this process's CPUs since the start; None if unknown."""
+        (t0, busy0, own0), (t1, busy1, own1) = self._start, self._read()
+        if busy0 is None or busy1 is None or t1 - t0 < 1.0:  # too short an interval to say
+            return None
+        return max(0.0, (busy1 - busy0 - (own1 - own0)) / (t1 - t0))
+
+    def note(self, threads: int, what: str) -> str | None:
+        """A one-line note when other processes kept at least half a CPU busy while this one ran ``threads``
+        threads on a machine of ``usable_cpus()``: they then wait on each other for the cores."""
+        others = self.others()
+        cpus = min(len(self.cpus), usable_cpus())
+        if others is None or threads < 2 or others < 0.5:
+            return None
+        fewer = max(1, min(threads - 1, round(cpus - others)))
+        return (
+            f"note: other processes kept about {others:.1f} of this machine's {cpus} CPUs busy during {what}; "
+            f"{threads} threads then wait on each other for the cores: `--threads {fewer}` is often several "
+            "times faster on a shared CPU"
+        )

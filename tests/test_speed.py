@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pyro
 import pytest
@@ -97,3 +98,63 @@ def test_benchmark_smoke_writes_valid_json(data_dir, tmp_path):
     assert result["evaluation"]["speedup"] > 0 and result["evaluation"]["k"] == 8
     assert result["torch"] == torch.__version__ and result["pyro"] == pyro.__version__
     assert "time ratio ours-mc/conventional" in proc.stdout
+
+
+@pytest.mark.real_data
+def test_step_breakdown_smoke_times_every_layer(data_dir, tmp_path):
+    out = tmp_path / "breakdown.json"
+    cmd = [sys.executable, "scripts/benchmark.py", "--data-dir", data_dir, "--breakdown", "--steps", "2"]
+    cmd += ["--repeats", "2", "--batch-size", "32", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    from pyro_vae.benchmark.breakdown import VARIANTS
+
+    assert [r["variant"] for r in result["rows"]] == list(VARIANTS)
+    assert result["threads"] == 1 and result["batch_size"] == 32 and result["load"] == 0
+    for r in result["rows"]:
+        assert r["ms_per_step"] > 0 and len(result["round_ms"][r["variant"]]) == 2
+    assert result["rows"][0]["over_floor"] == 1.0
+    assert "pyro-classic" in proc.stdout and "ms per step removed" in proc.stdout
+
+
+def test_the_breakdown_variants_compute_the_same_loss_for_the_same_draws():
+    """Each layer adds cost, not a different objective: for the same noise, every variant's loss is the
+    same negative ELBO (the floor's with the closed-form KL, the others with the Monte-Carlo one)."""
+    from pyro_vae import build_vae
+    from pyro_vae.benchmark.breakdown import VARIANTS, _loss_functions
+    from pyro_vae.objectives import make_elbo
+
+    vae = build_vae((1, 6, 6), z_dim=4, hidden=(16,))
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4, dtype=torch.float32), generator=torch.Generator().manual_seed(0))
+    variants = _loss_functions(vae, make_elbo("mc"))
+    losses = {}
+    with pyro.validation_enabled(False):
+        for name in VARIANTS:
+            module, fn = variants[name]
+            torch.manual_seed(3)
+            with module.registration(False):
+                losses[name] = fn(x).item()
+    for name in VARIANTS[1:]:  # Monte-Carlo KL, same draw: the same number
+        assert losses[name] == pytest.approx(losses["mc-kl"], rel=1e-5), name
+    assert losses["floor"] != pytest.approx(losses["mc-kl"], rel=1e-5)  # the closed form differs from one draw
+
+
+def test_a_competing_load_runs_and_stops():
+    from pyro_vae.benchmark.run import _start_load, _stop_load
+
+    procs = _start_load(2)
+    try:
+        assert len(procs) == 2 and all(p.is_alive() for p in procs)
+        before = [_cpu_seconds(p.pid) for p in procs]
+        time.sleep(2.0)
+        after = [_cpu_seconds(p.pid) for p in procs]
+        assert all(b - a > 0.3 for a, b in zip(before, after, strict=True))  # really busy, not asleep
+    finally:
+        _stop_load(procs)
+    assert not any(p.is_alive() for p in procs)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

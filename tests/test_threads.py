@@ -82,3 +82,60 @@ def test_threads_zero_is_refused_on_the_command_line(tmp_path, capsys):
     code, _, err = run_cli(evaluate_main, [str(tmp_path / "r"), "--threads", "0"], capsys)
     assert (code, err.strip()) == (2, "error: --threads must be a positive integer, got 0")
     assert not (tmp_path / "r").exists()
+
+
+def _stat(path, cpu0, cpu1):
+    # user nice system idle iowait irq softirq steal, in ticks; the first line is the sum, which is ignored
+    rows = ["cpu  1 1 1 1 1 1 1 1"] + [f"cpu{i} " + " ".join(map(str, v)) for i, v in enumerate((cpu0, cpu1))]
+    path.write_text("\n".join([*rows, "intr 5", "ctxt 9"]) + "\n")
+
+
+def test_busy_seconds_count_user_nice_system_irq_softirq_steal_of_the_given_cpus(tmp_path):
+    from pyro_vae.resources import _busy_seconds
+
+    stat = tmp_path / "stat"
+    _stat(stat, (100, 10, 20, 999, 7, 3, 2, 5), (50, 0, 0, 999, 0, 0, 0, 0))
+    tick = os.sysconf("SC_CLK_TCK")
+    assert _busy_seconds({0}, str(stat)) == pytest.approx(140 / tick)  # idle and iowait left out
+    assert _busy_seconds({0, 1}, str(stat)) == pytest.approx(190 / tick)
+    assert _busy_seconds({0}, str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize(
+    "others_ticks,own,threads,expect",
+    [
+        (1.0, 0.0, 2, "`--threads 1`"),  # another job kept one of two CPUs busy
+        (1.0, 0.5, 2, "`--threads 1`"),  # our own CPU time is not the others'
+        (0.2, 0.0, 2, None),  # an idle machine: nothing to say
+        (1.0, 0.0, 1, None),  # one thread already
+    ],
+)
+def test_the_shared_cpu_note(tmp_path, monkeypatch, others_ticks, own, threads, expect):
+    import pyro_vae.resources as res
+
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(res.os, "sched_getaffinity", lambda pid: {0, 1})
+    clock, cpu = [100.0], [0.0]
+    monkeypatch.setattr(res.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(res.os, "times", lambda: os.times_result((cpu[0], 0.0, 0.0, 0.0, 0.0)))
+    _stat(stat, (0,) * 8, (0,) * 8)
+    watch = res.SharedCpuWatch(str(stat))
+    clock[0] += 10.0  # ten seconds later: ours used `own` CPUs' worth, the others `others_ticks`
+    cpu[0] = 10.0 * own
+    busy = round(10.0 * (others_ticks + own) * tick)
+    _stat(stat, (busy, 0, 0, 0, 0, 0, 0, 0), (0,) * 8)
+    assert watch.others() == pytest.approx(others_ticks, abs=1e-6)
+    note = watch.note(threads, "epoch 1")
+    if expect is None:
+        assert note is None
+    else:
+        assert expect in note and "epoch 1" in note and note.count("\n") == 0
+
+
+def test_no_note_over_too_short_an_interval(tmp_path):
+    from pyro_vae.resources import SharedCpuWatch
+
+    stat = tmp_path / "stat"
+    _stat(stat, (0,) * 8, (0,) * 8)
+    assert SharedCpuWatch(str(stat)).others() is None  # under a second: nothing measured

@@ -70,6 +70,10 @@ class BenchmarkConfig:
     eval_images: int = 200  # test images scored by the batched estimator
     eval_loop_images: int = 20  # test images scored by the per-image loop
     seed: int = 0
+    # competing single-thread processes kept busy for the whole run: a machine shared with other jobs
+    load: int = 0
+    # torch's intra-op threads in every row and the evaluation; None: torch's default (every core)
+    threads: int | None = None
 
     def validate(self) -> BenchmarkConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
@@ -81,7 +85,9 @@ class BenchmarkConfig:
             value = getattr(self, name)
             if value < (0 if name in at_least_zero else 1):
                 raise ConfigError(f"`{name}` must be {'>= 0' if name in at_least_zero else 'positive'}, got {value}")
-        for name in ("steps", "limit_train", "limit_test"):
+        if self.load < 0:
+            raise ConfigError(f"`load` must be >= 0, got {self.load}")
+        for name in ("steps", "limit_train", "limit_test", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`{name}` must be positive, got {value}")
@@ -115,6 +121,8 @@ def _path_worker(name: str, cfg: BenchmarkConfig, conn) -> None:
     from pyro_vae.training import resolve_device, run_epoch
 
     try:
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
         pyro.set_rng_seed(cfg.seed)
         pyro.clear_param_store()
@@ -207,6 +215,8 @@ def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:
     from pyro_vae.models import build_vae
     from pyro_vae.training import resolve_device
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     pyro.set_rng_seed(cfg.seed)
     x, _ = heldout_images("mnist", cfg.data_dir, download=False, limit=max(cfg.eval_images, cfg.eval_loop_images))
@@ -243,6 +253,30 @@ def _run_eval(cfg: BenchmarkConfig) -> dict[str, Any]:
     }
 
 
+def _busy(seconds: float) -> None:
+    """A competing job: single-thread matrix products until killed (or ``seconds`` pass)."""
+    torch.set_num_threads(1)
+    a = torch.randn(512, 512)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a)
+
+
+def _start_load(n: int) -> list[Any]:
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=_busy, args=(24 * 3600.0,), daemon=True) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    return procs
+
+
+def _stop_load(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join()
+
+
 def _expect(message: Any, name: str) -> Any:
     if isinstance(message, str) and message.startswith("error:"):
         raise ConfigError(f"benchmark path {name} failed: {message[7:]}")
@@ -254,13 +288,13 @@ def _in_child(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device: torch.device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = next(
         (ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")), platform.processor()
     )
-    return f"CPU: {model}, {torch.get_num_threads()} threads"
+    return f"CPU: {model}, {threads or torch.get_num_threads()} threads"
 
 
 def _cpuinfo() -> list[str]:
@@ -282,6 +316,16 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
     from pyro_vae.data import DataOptions, load_source
 
     load_source("mnist", DataOptions(data_dir=cfg.data_dir, download=False))  # missing data: one line, here
+    load = _start_load(cfg.load)
+    try:
+        result = _run_paths(cfg, progress)
+    finally:
+        _stop_load(load)
+    result["device"] = _device_name(device, cfg.threads)
+    return result
+
+
+def _run_paths(cfg: BenchmarkConfig, progress: bool) -> dict[str, Any]:
     ctx = get_context("spawn")
     workers = []
     for name in cfg.paths:  # set up one at a time, so warm-ups do not compete
@@ -313,7 +357,6 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict[str, Any]
             if ref in cfg.paths:
                 ratios[f"{ours}/{ref}"] = statistics.median(t[ours] / t[ref] for t in round_times)
     return {
-        "device": _device_name(device),
         "torch": torch.__version__,
         "pyro": pyro.__version__,
         "config": dataclasses.asdict(cfg),
@@ -330,6 +373,12 @@ def format_results(result: dict[str, Any]) -> str:
         f"device: {result['device']}   torch {result['torch']}   pyro {result['pyro']}",
         f"batch {result['config']['batch_size']}, MLP 784-400-50, {result['config']['repeats']} interleaved repeats "
         "(medians; ratios are medians of per-round ratios)",
+        "machine: "
+        + (
+            f"loaded: {n} competing single-thread process{'es' if n > 1 else ''} started by the benchmark"
+            if (n := result["config"].get("load", 0))
+            else "idle (no competing process started)"
+        ),
         "",
         f"{'path':{width}s} {'img/s':>9s} {'s/epoch':>9s} {'peak MB':>9s} {'test -ELBO':>16s}  what",
     ]

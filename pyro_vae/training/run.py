@@ -22,6 +22,7 @@ from pyro_vae.distributed import agreed, derive_seed, first_given, is_collective
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.models import VAE, build_vae_from_config
+from pyro_vae.resources import SharedCpuWatch
 from pyro_vae.runs.checkpoint import (
     check_compatible,
     check_resumable,
@@ -292,6 +293,8 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     if config.cuda_graphs:
         graph = GraphStep(vae, run.elbo, run.optimizer, clip=config.clip_grad, bf16=config.bf16, say=tqdm.write)
     started = time.perf_counter()  # for --time-limit; rank 0's clock decides
+    # on a CPU shared with other jobs, say once (after the first epoch) that fewer threads would be faster
+    watch = SharedCpuWatch() if device.type == "cpu" and not run.world.distributed else None
     with _StopRequests() as stop:
         while epoch < config.epochs:
             vae.train()
@@ -384,6 +387,9 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 f"epoch {epoch}: train {train_loss:.2f}{val_text}  test {test_loss:.2f} nats/image{bpd}  "
                 f"{seconds:.1f}s ({len(perm) / seconds:.0f} img/s)",
             )
+            if watch is not None and (note := watch.note(torch.get_num_threads(), f"epoch {epoch}")):
+                _say(run, note)
+            watch = None
             # under torchrun a signal may have reached some ranks only: they decide together
             if config.time_limit is not None and first_given(time.perf_counter() - started) > 60 * config.time_limit:
                 _say(run, f"time limit of {config.time_limit:g} minutes reached after epoch {epoch}")
