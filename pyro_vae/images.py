@@ -8,8 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure  # not pyplot: no backend is touched, nothing global kept
-from torchvision.utils import make_grid
 
 DPI = 100
 MIN_TILE_PIXELS = 96  # each image is drawn at least this many pixels wide
@@ -31,9 +29,22 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """Data points in [0, 1] (:func:`as_images`) -> an ``(H', W', 3)`` array for imshow, 2-pixel grey gutters."""
-    grid = make_grid(as_images(images.detach()).float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=0.5)
+def _grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 0.5) -> torch.Tensor:
+    """Data points in [0, 1] (:func:`as_images`) -> an ``(H', W', 3)`` array for imshow: ``nrow`` images
+    to a row, 2-pixel grey gutters around each, grey images as RGB; the layout of torchvision's
+    ``make_grid`` (tested against it), without importing torchvision (seconds) in every training process."""
+    x = as_images(images.detach()).float().cpu().clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    n, _, h, w = x.shape
+    if n == 1:  # one image: as it is, no gutter (as make_grid does)
+        return x[0].permute(1, 2, 0)
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = torch.full((3, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i in range(n):
+        top, left = (i // cols) * (h + padding) + padding, (i % cols) * (w + padding) + padding
+        grid[:, top : top + h, left : left + w] = x[i]
     return grid.permute(1, 2, 0)
 
 
@@ -46,6 +57,8 @@ def _figure(grids: Sequence[tuple[torch.Tensor, str]], scale: int, title: str, p
     width = max(g.shape[1] for g, _ in grids)
     fig_w = width * scale / DPI + 1.4
     fig_h = sum(heights) * scale / DPI + 0.6 + 0.25 * len(grids)
+    from matplotlib.figure import Figure  # not pyplot: no backend is touched, nothing global kept
+
     fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
     axes = fig.subplots(len(grids), 1, height_ratios=heights, squeeze=False)
     for ax, (grid, label) in zip(axes[:, 0], grids, strict=True):
@@ -86,6 +99,8 @@ def save_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8, epoch: 
 
 def save_learning_curve(metrics: Sequence[Mapping[str, float]], path: str | Path, unit: str = "nats/image") -> None:
     """Train, validation and test loss against the epoch."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4), dpi=DPI)
     ax = fig.subplots()
     epochs = [m["epoch"] for m in metrics]

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
-from torchvision.utils import make_grid
 
+from pyro_vae.images import _grid
 from pyro_vae.models import VAE
 
 
@@ -19,8 +19,7 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (5, 4)) -> Axes:
 def plot_images(images: torch.Tensor, nrow: int = 8, ax: Axes | None = None, title: str | None = None) -> Axes:
     """A grid of images ``(n, C, H, W)`` in [0, 1]."""
     ax = _axes(ax, (6, 6))
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
-    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(_grid(images, nrow).numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
         ax.set_title(title)

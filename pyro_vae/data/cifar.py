@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import torch
-import torchvision
 
 from pyro_vae.data.source import DataOptions, RawData
 from pyro_vae.errors import DataError
@@ -17,6 +16,8 @@ FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_b
 
 
 def load_cifar10(options: DataOptions) -> RawData:
+    import torchvision  # here, not at the top: importing it takes seconds, and only CIFAR-10 needs it
+
     root = Path(options.data_dir)
     created = [p for p in (root,) if not p.exists()]
     splits = []

@@ -10,15 +10,14 @@ import struct
 from pathlib import Path
 
 import torch
-import torchvision
 
 from pyro_vae.data.source import DataOptions, RawData, read_maybe_gzipped
 from pyro_vae.errors import DataError
 
-# torchvision class and folder name of each dataset
+# torchvision class (imported only to download: importing torchvision takes seconds) and folder of each dataset
 _TORCHVISION = {
-    "mnist": (torchvision.datasets.MNIST, "MNIST"),
-    "fashion-mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST"),
+    "mnist": ("MNIST", "MNIST"),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST"),
 }
 _RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -50,7 +49,9 @@ def load_raw(name: str, data_dir: str, download: bool = True) -> tuple[torch.Ten
     missing = [f for f in _RAW_FILES if _find(raw, f) is None]
     if missing:
         if download:
-            _download(cls, data_dir, name, raw, missing)
+            import torchvision
+
+            _download(getattr(torchvision.datasets, cls), data_dir, name, raw, missing)
         else:
             raise DataError(
                 f"{name} not found in {raw} and `download=False` is set (missing {', '.join(missing)}); expected "
