@@ -56,6 +56,17 @@ def _traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: d
         yield _importance_trace(elbo, model, guide, args, kwargs)
 
 
+def _elbo_value(model_trace, guide_trace) -> torch.Tensor:
+    # the ELBO's value, log p - log q summed over the sites, as Pyro's Trace_ELBO forms it
+    elbo: torch.Tensor | float = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + sign * site["log_prob_sum"].detach()
+    assert isinstance(elbo, torch.Tensor)
+    return elbo
+
+
 class SyncFreeTrace_ELBO(Trace_ELBO):
     """Pyro's ``Trace_ELBO`` with no host synchronisation in ``differentiable_loss``.
 
@@ -68,34 +79,50 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     returns a float: SVI reads it anyway.
     """
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
-        elbo: torch.Tensor | float = 0.0
+    def _particle(self, model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The surrogate ELBO of one particle, and its value where that differs from the surrogate's (score-
+        function terms, or an entropy term that is not the site's log density); None where it does not."""
         surrogate: torch.Tensor | float = 0.0
+        elbo: torch.Tensor | None = None
         log_r = None
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"].detach()
                 surrogate = surrogate + site["log_prob_sum"]
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 _, score_function_term, entropy_term = site["score_parts"]
-                elbo = elbo - site["log_prob_sum"].detach()
-                if not is_identically_zero(entropy_term):
-                    surrogate = surrogate - entropy_term.sum()
+                if entropy_term is site["log_prob"]:  # reparameterised: the very sum the ELBO's value takes
+                    surrogate = surrogate - site["log_prob_sum"]
+                else:
+                    elbo = _elbo_value(model_trace, guide_trace) if elbo is None else elbo
+                    if not is_identically_zero(entropy_term):
+                        surrogate = surrogate - entropy_term.sum()
                 if not is_identically_zero(score_function_term):
+                    elbo = _elbo_value(model_trace, guide_trace) if elbo is None else elbo
                     if log_r is None:
                         log_r = _compute_log_r(model_trace, guide_trace)
                     surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
-        return -elbo, -surrogate
+        assert isinstance(surrogate, torch.Tensor)
+        return surrogate, elbo
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
+        # Pyro's interface (SVI.step's loss_and_grads): the loss value and the surrogate loss
+        surrogate, elbo = self._particle(model_trace, guide_trace)
+        return -(surrogate.detach() if elbo is None else elbo), -surrogate
 
     def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
         loss: torch.Tensor | float = 0.0
         surrogate: torch.Tensor | float = 0.0
+        differs = False
         for model_trace, guide_trace in _traces(self, model, guide, args, kwargs):
-            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
-            loss = loss + loss_particle / self.num_particles
-            surrogate = surrogate + surrogate_particle / self.num_particles
+            surrogate_particle, elbo = self._particle(model_trace, guide_trace)
+            value = surrogate_particle.detach() if elbo is None else elbo
+            differs = differs or elbo is not None
+            loss = loss - value / self.num_particles
+            surrogate = surrogate - surrogate_particle / self.num_particles
         assert isinstance(surrogate, torch.Tensor)
+        if not differs:  # every term reparameterised: the surrogate's value is the loss, bit for bit
+            return surrogate
         # the value of the loss, the gradient of the surrogate (s - s.detach() is exactly zero)
         return loss + (surrogate - surrogate.detach())
 
