@@ -179,6 +179,6 @@ class SharedCpuWatch:
         fewer = max(1, min(threads - 1, round(cpus - others)))
         return (
             f"note: other processes kept about {others:.1f} of this machine's {cpus} CPUs busy during {what}; "
-            f"{threads} threads then wait on each other for the cores: `--threads {fewer}` is often several "
+            f"{threads} threads then wait on each other for the cores: `threads={fewer}` is often several "
             "times faster on a shared CPU"
         )

@@ -456,7 +456,7 @@ BENCHMARK = [
     (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
     (["--load", "-1"], "--load must be >= 0, got -1"),
     (["--threads", "0"], "--threads must be positive, got 0"),
-    (["--breakdown", "--device", "cuda"], "the step breakdown times the CPU step; drop `--device cuda`"),
+    (["--breakdown", "--device", "cuda"], "the step breakdown times the CPU step; drop --device cuda"),
     # the output file is checked before minutes of timing, not written to after them
     (["--out", "HERE"], "is a folder; pass a file name such as"),
     (["--out", "NOWHERE/bench.json"], "does not exist (or is a file)"),

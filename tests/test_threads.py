@@ -104,8 +104,8 @@ def test_busy_seconds_count_user_nice_system_irq_softirq_steal_of_the_given_cpus
 @pytest.mark.parametrize(
     "others_ticks,own,threads,expect",
     [
-        (1.0, 0.0, 2, "`--threads 1`"),  # another job kept one of two CPUs busy
-        (1.0, 0.5, 2, "`--threads 1`"),  # our own CPU time is not the others'
+        (1.0, 0.0, 2, "`threads=1`"),  # another job kept one of two CPUs busy
+        (1.0, 0.5, 2, "`threads=1`"),  # our own CPU time is not the others'
         (0.2, 0.0, 2, None),  # an idle machine: nothing to say
         (1.0, 0.0, 1, None),  # one thread already
     ],

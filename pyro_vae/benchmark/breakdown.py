@@ -121,7 +121,7 @@ def step_breakdown(cfg: Any, progress: bool = False) -> dict[str, Any]:
     from pyro_vae.errors import ConfigError
 
     if cfg.device == "cuda":
-        raise ConfigError("the step breakdown times the CPU step; drop `--device cuda`")
+        raise ConfigError("the step breakdown times the CPU step; drop `device=cuda`")
     load_source("mnist", DataOptions(data_dir=cfg.data_dir, download=False))  # missing data: one line, here
     if progress:
         print(f"timing {len(VARIANTS)} variants of one step, {cfg.repeats} interleaved rounds ...", flush=True)
