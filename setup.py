@@ -18,7 +18,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image", "scipy"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image", "scipy"],
         # JupyterLab for working in the notebooks; the tests run them headless with nbclient
         "notebooks": ["jupyterlab", "ipykernel"],
     },

@@ -10,6 +10,22 @@ from pyro_vae.data import ImageData, binarize
 
 # where the real datasets live (torchvision layout); .ci/run sets it
 DATA_ENV = "PYRO_VAE_DATA"
+
+# the suite runs on every core at once (pytest-xdist, `-n auto` in pyproject.toml): one torch thread per
+# worker, and one for the processes the tests start, or spinning OpenMP threads fight over the cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: the CPUs this process may use (affinity, cgroup quota), not the host's count, and at most 8
+    (each worker's runs and child processes take a GB or two of memory)."""
+    from pyro_vae.resources import usable_cpus
+
+    return min(8, usable_cpus())
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
