@@ -111,9 +111,14 @@ def init(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     return world()
 
 
+_BROKEN = False  # a collective failed: another rank died or hung
+
+
 def shutdown() -> None:
-    """Leave the process group (at the end of a command)."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group (at the end of a command). After a failed collective the group is left
+    as it is: tearing down a gloo group whose peer died can abort the process (``terminate called without
+    an active exception``) or hang, and this process is about to exit with its one-line error anyway."""
+    if dist.is_available() and dist.is_initialized() and not _BROKEN:
         dist.destroy_process_group()
 
 
@@ -231,6 +236,8 @@ def agreed(what: str) -> Iterator[None]:
 
 def lost_contact(exc: BaseException, checkpoint: str | None) -> RankFailure:
     """The one-line error for a collective that failed: another rank died or hung past the timeout."""
+    global _BROKEN
+    _BROKEN = True
     where = f"; the last checkpoint is {checkpoint}" if checkpoint else ""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return RankFailure(
