@@ -100,7 +100,9 @@ class TrainConfig:
     flows: int = setting(2, "steps of an iaf or householder `guide`")
     flow_hidden: tuple[int, ...] = setting((256,), "hidden widths of each flow step's network")
     # PixelCNN++ uses 10; more components model multi-modal pixels (edges) at a larger decoder head
-    mixture_components: int = setting(10, "logistics per pixel of `likelihood=discretized-mixture` (1 to 100)")
+    mixture_components: int = setting(
+        10, "logistics per pixel of `likelihood=discretized-mixture` or `autoregressive-mixture` (1 to 100)"
+    )
     epochs: int = setting(10, "passes over the training set")
     # 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)
     batch_size: int = setting(128, "images per SVI step")
@@ -275,9 +277,10 @@ class TrainConfig:
         self._check_guide()
         if not 1 <= self.mixture_components <= 100:
             raise ConfigError(f"`mixture_components` must be from 1 to 100, got {self.mixture_components}")
-        if self.mixture_components != 10 and self.likelihood != "discretized-mixture":
+        if self.mixture_components != 10 and self.likelihood not in ("discretized-mixture", "autoregressive-mixture"):
             raise ConfigError(
-                f"`mixture_components` applies to `likelihood=discretized-mixture` only, not "
+                f"`mixture_components` applies to `likelihood=discretized-mixture` and `autoregressive-mixture` "
+                f"only, not "
                 f"`likelihood={self.likelihood}`: drop it"
             )
         for name in ("seed", "test_binarization_seed", "split_seed"):

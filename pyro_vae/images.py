@@ -72,27 +72,36 @@ def _figure(grids: Sequence[tuple[torch.Tensor, str]], scale: int, title: str, p
 
 
 def save_reconstructions(
-    originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, epoch: int | None = None
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+    path: str | Path,
+    epoch: int | None = None,
+    pictures: str = "mean",
 ) -> None:
     """Originals (top row) above their reconstructions (bottom row), labelled; images ``(n, C, H, W)``
-    in [0, 1]."""
+    in [0, 1]. ``pictures``: ``"mean"`` (E[x|z]) or ``"draw"`` (x ~ p(x|z)), for the title."""
     n = len(originals)
     when = f"epoch {epoch}: " if epoch is not None else ""
+    shown = "x ~ p(x | z = posterior mean)" if pictures == "draw" else "E[x | z = posterior mean]"
     _figure(
         [(_grid(originals, n), "test image"), (_grid(reconstructions, n), "reconstruction")],
         _scale(originals),
-        f"{when}held-out images and E[x | z = posterior mean]",
+        f"{when}held-out images and {shown}",
         path,
     )
 
 
-def save_samples(samples: torch.Tensor, path: str | Path, nrow: int = 8, epoch: int | None = None) -> None:
-    """A grid of prior samples ``(n, C, H, W)`` in [0, 1], titled."""
+def save_samples(
+    samples: torch.Tensor, path: str | Path, nrow: int = 8, epoch: int | None = None, pictures: str = "mean"
+) -> None:
+    """A grid of prior samples ``(n, C, H, W)`` in [0, 1], titled; ``pictures`` as in
+    :func:`save_reconstructions`."""
     when = f"epoch {epoch}: " if epoch is not None else ""
+    shown = "draws x ~ p(x | z)" if pictures == "draw" else "samples E[x | z]"
     _figure(
         [(_grid(samples, nrow), "")],
         _scale(samples),
-        f"{when}{len(samples)} samples E[x | z], z ~ p(z)",
+        f"{when}{len(samples)} {shown}, z ~ p(z)",
         path,
     )
 

@@ -3,6 +3,8 @@ tile compressed on its own, as a model scores it, file headers included), and th
 discretised logistic per channel: location the training mean, one scale fitted on the training tiles).
 
 ``python scripts/tile_baselines.py TILES`` where TILES was written by ``scripts/make_photo_tiles.py``.
+``--run RUN`` also scores a run trained on TILES, tile by tile (importance sampling, ``--k`` draws), and
+prints its difference from each baseline with the paired standard error over the tiles.
 """
 
 import argparse
@@ -57,15 +59,47 @@ def no_latent_bits_per_dim(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     return (-lp / (te[0].numel() * math.log(2))).numpy()
 
 
+def model_bits_per_dim(run_dir: str, test: np.ndarray, k: int) -> np.ndarray:
+    """−log2 p̂(tile) / dims for each of ``test`` (N, H, W, 3) under the run's model (IS with ``k`` draws),
+    in the order of ``test``: the run's test images are matched to the tiles by their pixels."""
+    from pyro_vae import load_run_and_data
+    from pyro_vae.evaluate.estimators import importance_log_likelihood
+
+    run = load_run_and_data(run_dir)
+    x = run.x
+    if tuple(x.shape[1:]) != (3, *test.shape[1:3]):
+        _refuse(f"the run {run_dir} models images {tuple(x.shape[1:])}, the tiles are {test.shape[1:]}; pass its tiles")
+    where = {t.tobytes(): i for i, t in enumerate(test)}
+    try:
+        order = [where[np.ascontiguousarray(xi.permute(1, 2, 0).cpu().numpy().astype(np.uint8)).tobytes()] for xi in x]
+    except KeyError:
+        _refuse(f"the run {run_dir} was not evaluated on these test tiles; pass the tiles it was trained on")
+    if sorted(order) != list(range(len(test))):
+        _refuse(f"the run {run_dir} has {len(x)} test images, not these {len(test)} tiles; pass its tiles")
+    with run.vae.registration(False):
+        log_p = importance_log_likelihood(run.vae, x, k, batch_size=20)[k].cpu().double().numpy()
+    bits = np.empty(len(test))
+    bits[order] = -log_p / (x[0].numel() * math.log(2))
+    return bits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("tiles", help="folder with train/ and test/ tiles (scripts/make_photo_tiles.py)")
     p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.add_argument("--run", default=None, help="a run trained on these tiles: its bits/dim, paired with each row")
+    p.add_argument("--k", type=int, default=10, help="importance samples per tile for --run (default 10)")
     args = p.parse_args()
+    if args.k < 1:
+        _refuse(f"--k must be at least 1, got {args.k}")
     root = Path(args.tiles)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         _refuse(f"{root} has no train/ and test/ folders; write them with scripts/make_photo_tiles.py")
     train, test = load(root / "train"), load(root / "test")
+    if len(test) < 2:
+        _refuse(f"{root / 'test'} holds {len(test)} tile; a standard error needs at least 2")
+    # the run first: a run that does not fit these tiles is refused before anything is printed
+    bits = model_bits_per_dim(args.run, test, args.k) if args.run is not None else None
     rows = {
         "no-latent (discretised logistic per channel, one scale)": no_latent_bits_per_dim(train, test),
         "PNG, lossless (PIL, optimize)": compressed_bits_per_dim(test, "PNG", optimize=True),
@@ -77,6 +111,15 @@ def main() -> None:
         mean, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
         result[name] = {"bits_per_dim": mean, "se": se}
         print(f"{name:<58} {mean:6.3f} ± {se:.3f} bits/dim")
+    if bits is not None:
+        mean, se = float(bits.mean()), float(bits.std(ddof=1) / math.sqrt(len(bits)))
+        result["run"] = {"path": args.run, "k": args.k, "bits_per_dim": mean, "se": se, "paired": {}}
+        print(f"{'the run ' + args.run + f' (IS, K = {args.k})':<58} {mean:6.3f} ± {se:.3f} bits/dim")
+        for name, v in rows.items():
+            d = bits - v
+            diff, dse, lower = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), float((d < 0).mean())
+            result["run"]["paired"][name] = {"difference": diff, "se": dse, "lower_on": lower}
+            print(f"  run − {name:<51} {diff:+6.3f} ± {dse:.3f} (paired; the run lower on {lower:.0%} of tiles)")
     if args.out:
         Path(args.out).write_text(json.dumps({"tiles": str(root), "num_test": len(test), "rows": result}, indent=1))
 

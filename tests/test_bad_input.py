@@ -673,7 +673,7 @@ BAD_FLAGS = [
         ["--likelihood", "poisson"],
         "error: argument --likelihood: invalid choice: 'poisson' (choose from 'bernoulli', 'continuous-bernoulli', "
         "'normal', 'normal-image', 'normal-pixel', 'normal-decoder', 'laplace', 'discretized-logistic', "
-        "'discretized-logistic-pixel', 'discretized-mixture'); see pyro-vae-train --help",
+        "'discretized-logistic-pixel', 'discretized-mixture', 'autoregressive-mixture'); see pyro-vae-train --help",
     ),
     (["--bf16", "--device", "cpu"], "error: --bf16 autocast is for CUDA; drop it on the CPU"),
     (["--cuda-graphs", "--device", "cpu"], "error: --cuda-graphs needs CUDA; drop it on the CPU"),
@@ -798,7 +798,7 @@ IGNORED = [
     (dict(cycles=2), dict(kl_schedule="cyclical"), "`cycles` applies to `kl_schedule=cyclical` only"),
     (dict(lr_gamma=0.5), dict(lr_milestones=(1,)), "`lr_gamma` applies to `lr_milestones` only"),
     (dict(flows=3), dict(guide="iaf"), "`flows` and `flow_hidden` shape a flow guide"),
-    (dict(mixture_components=4), None, "`mixture_components` applies to `likelihood=discretized-mixture` only"),
+    (dict(mixture_components=4), None, "`mixture_components` applies to `likelihood=discretized-mixture` and"),
     (dict(image_size=16), None, "`image_size` applies to `dataset=folder` only"),
     (dict(cache_dir="somewhere"), None, "`cache_dir` applies to `dataset=folder` only"),
     (dict(test_fraction=0.2, split_seed=3), None, "`test_fraction` and `split_seed` apply to `dataset=folder` only"),

@@ -42,10 +42,14 @@ def test_runs_in_smoke_mode(path: Path, data_dir: str, monkeypatch, tmp_path):
     assert not errors
 
 
-@pytest.mark.parametrize("model", ["vae", "ladder"])
+@pytest.mark.parametrize(
+    "model,likelihood",
+    [("vae", "continuous-bernoulli"), ("ladder", "continuous-bernoulli"), ("vae", "autoregressive-mixture")],
+)
 @pytest.mark.parametrize("name", ["heldout_elbo.ipynb", "latent_space.ipynb"])
-def test_notebooks_load_a_colour_folder_run(name, model, monkeypatch, tmp_path):
-    """Any dataset: a run on a folder of RGB images, loaded by PYRO_VAE_RUN instead of training."""
+def test_notebooks_load_a_colour_folder_run(name, model, likelihood, monkeypatch, tmp_path):
+    """Any dataset and likelihood: a run on a folder of RGB images, loaded by PYRO_VAE_RUN instead of
+    training."""
     nbclient = pytest.importorskip("nbclient")
     import numpy as np
     from PIL import Image
@@ -61,9 +65,10 @@ def test_notebooks_load_a_colour_folder_run(name, model, monkeypatch, tmp_path):
         dataset="folder",
         data_dir=str(tmp_path / "imgs"),
         test_fraction=0.25,
-        net="conv",
-        z_dim=2,
-        likelihood="continuous-bernoulli",
+        model=model,
+        **(dict(net="conv", z_dim=2) if model == "vae" else dict(net="mlp", latents=(4, 2), hidden=(32, 16))),
+        likelihood=likelihood,
+        mixture_components=2 if likelihood == "autoregressive-mixture" else 10,
         epochs=1,
         batch_size=10,
         progress=False,

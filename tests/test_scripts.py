@@ -292,6 +292,52 @@ def test_tile_baselines_are_the_compressed_file_sizes_and_a_fitted_logistic(phot
     assert 2 < no_latent < 9
 
 
+def test_tile_baselines_score_a_run_tile_by_tile_and_pair_it_with_each_codec(photo_tiles, tmp_path):
+    import math
+
+    import numpy as np
+
+    from pyro_vae import TrainConfig, load_run_and_data, train
+    from pyro_vae.evaluate.estimators import importance_log_likelihood
+
+    config = TrainConfig(
+        dataset="folder",
+        data_dir=str(photo_tiles),
+        net="conv",
+        z_dim=2,
+        likelihood="autoregressive-mixture",
+        mixture_components=2,
+        epochs=1,
+        limit_train=40,
+        batch_size=20,
+        progress=False,
+        out=str(tmp_path / "run"),
+    )
+    train(config)
+    out = tmp_path / "paired.json"
+    proc = run(
+        ["scripts/tile_baselines.py", str(photo_tiles), "--run", str(tmp_path / "run"), "--k", "3", "--out", str(out)]
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())["rows"]
+    loaded = load_run_and_data(tmp_path / "run")
+    with loaded.vae.registration(False):
+        log_p = importance_log_likelihood(loaded.vae, loaded.x, 3, batch_size=20)[3]
+    expected = float((-log_p / (loaded.x[0].numel() * math.log(2))).mean())
+    assert result["run"]["bits_per_dim"] == pytest.approx(expected, rel=1e-6)  # float32 scores, float64 mean
+    for name, row in result["run"]["paired"].items():  # a paired mean difference is the difference of means
+        assert row["difference"] == pytest.approx(expected - result[name]["bits_per_dim"], abs=1e-5)
+        assert 0 <= row["lower_on"] <= 1 and np.isfinite(row["se"])
+    other = tmp_path / "other"
+    (other / "train").mkdir(parents=True)
+    (other / "test").mkdir()
+    for split in ("train", "test"):
+        for i in range(2):
+            Image.fromarray(np.full((64, 64, 3), i, dtype=np.uint8)).save(other / split / f"{i}.png")
+    proc = run(["scripts/tile_baselines.py", str(other), "--run", str(tmp_path / "run")])
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: the run ") and "Traceback" not in proc.stderr
+
+
 @pytest.mark.real_data
 def test_the_plain_replica_trains_on_the_binarized_files(data_dir):
     proc = run(["scripts/plain_vae_replica.py", "--data-dir", str(data_dir), "--epochs", "2", "--limit", "300"])

@@ -208,16 +208,16 @@ class HierarchicalVAE(VAE):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode_mean(self.posterior_means(x)[0])
+        return self.decode_picture(self.posterior_means(x)[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """E[x | z_1] for z_L ~ p(z_L), z_i ~ p(z_i | z_{i+1})."""
+        """E[x | z_1] (or a draw, see :attr:`VAE.pictures`) for z_L ~ p(z_L), z_i ~ p(z_i | z_{i+1})."""
         z = self.prior().sample((n,))
         for i in reversed(range(self.layers - 1)):
             loc, scale = self.top_down[i](z)
             z = loc + scale * torch.randn_like(loc)
-        return self.decode_mean(z)
+        return self.decode_picture(z)
 
 
 def build_hierarchy(

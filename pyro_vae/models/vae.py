@@ -163,6 +163,21 @@ class VAE(nn.Module):
         return (m / 255 if self.data_kind == "byte" else m).clamp(0, 1)
 
     @property
+    def pictures(self) -> str:
+        """What the pictures show of p(x|z): ``"mean"``, E[x|z] (:meth:`decode_mean`), or ``"draw"``, one
+        draw x ~ p(x|z), for a likelihood whose mean is not worth a picture (the autoregressive one, whose
+        pixel-by-pixel mean drifts into flat ramps) and which says so with ``pictures = "draw"``."""
+        return getattr(self.likelihood, "pictures", "mean")
+
+    @torch.no_grad()
+    def decode_picture(self, z: torch.Tensor) -> torch.Tensor:
+        """What the pictures show for ``z``, in [0, 1]: E[x|z], or a draw of p(x|z) (see :attr:`pictures`)."""
+        if self.pictures == "mean":
+            return self.decode_mean(z)
+        x = self.likelihood(_full_precision(self.decoder(z)), len(self.event_shape)).sample()
+        return (x / 255 if self.data_kind == "byte" else x).clamp(0, 1)
+
+    @property
     def latent_sites(self) -> list[str]:
         """The latent sample sites, in the order of :meth:`posterior_means`."""
         return ["z"]
@@ -176,11 +191,11 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z = posterior mean]: what the pictures show."""
-        return self.decode_mean(self.posterior_means(x)[0])
+        """E[x | z = posterior mean] (or a draw, see :attr:`pictures`): what the pictures show."""
+        return self.decode_picture(self.posterior_means(x)[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """E[x|z] for ``n`` draws z ~ p(z): ``(n, *event_shape)``."""
+        """E[x|z] (or a draw, see :attr:`pictures`) for ``n`` draws z ~ p(z): ``(n, *event_shape)``."""
         z = self.prior().sample((n,))
-        return self.decode_mean(z)
+        return self.decode_picture(z)

@@ -253,6 +253,26 @@ class DiscretizedLogisticMixture(TorchDistribution):
             return x
 
 
+def mixture_param_count(channels: int, components: int) -> int:
+    """Parameter maps of a mixture of ``components`` logistics over ``channels`` coupled channels."""
+    return components * (1 + 2 * channels + coupling_count(channels))
+
+
+def mixture_from_params(out: torch.Tensor, channels: int, components: int) -> DiscretizedLogisticMixture:
+    """The mixture whose raw parameters are the maps ``out`` ``(..., M (1 + 2C + C(C−1)/2), H, W)``: M
+    logits, then M·C locations (raw o ↦ 127.5 (1 + o) pixels), M·C log-scales (:func:`bounded_scale`)
+    and M·C(C−1)/2 coupling coefficients (bounded to (−1, 1) by tanh)."""
+    c, m = channels, components
+    batch, (h, w) = out.shape[:-3], out.shape[-2:]
+    logits, loc, raw_scale, coeffs = out.split([m, m * c, m * c, m * coupling_count(c)], dim=-3)
+    return DiscretizedLogisticMixture(
+        logits,
+        127.5 * (1 + loc.reshape(*batch, m, c, h, w)),
+        bounded_scale(raw_scale.reshape(*batch, m, c, h, w)),
+        torch.tanh(coeffs.reshape(*batch, m, coupling_count(c), h, w)),
+    )
+
+
 class DiscretizedMixtureLikelihood(nn.Module):
     """PixelCNN++'s likelihood without the autoregression: per pixel, a mixture of ``components``
     discretised logistics with coupled channel means, every parameter from the decoder.
@@ -274,19 +294,10 @@ class DiscretizedMixtureLikelihood(nn.Module):
         self.event_shape, self.components = tuple(event_shape), components
 
     def param_shape(self, event_shape: Sequence[int]) -> tuple[int, ...]:
-        c = event_shape[0]
-        return (self.components * (1 + 2 * c + coupling_count(c)), *event_shape[1:])
+        return (mixture_param_count(event_shape[0], self.components), *event_shape[1:])
 
     def distribution(self, out: torch.Tensor) -> DiscretizedLogisticMixture:
-        c, m = self.event_shape[0], self.components
-        batch, (h, w) = out.shape[:-3], out.shape[-2:]
-        logits, loc, raw_scale, coeffs = out.split([m, m * c, m * c, m * coupling_count(c)], dim=-3)
-        return DiscretizedLogisticMixture(
-            logits,
-            127.5 * (1 + loc.reshape(*batch, m, c, h, w)),
-            bounded_scale(raw_scale.reshape(*batch, m, c, h, w)),
-            torch.tanh(coeffs.reshape(*batch, m, coupling_count(c), h, w)),
-        )
+        return mixture_from_params(out, self.event_shape[0], self.components)
 
     def forward(self, out: torch.Tensor, event_dim: int) -> TorchDistribution:
         if event_dim != 3:

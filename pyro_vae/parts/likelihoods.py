@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.parts.autoregressive import AutoregressiveMixtureLikelihood
 from pyro_vae.parts.discrete import (
     DecoderLogisticLikelihood,
     DiscretizedLogistic,
@@ -304,6 +305,12 @@ LIKELIHOODS.add(
     "discretized-mixture",
     "mixture of `mixture_components` discretised logistics per pixel, coupled RGB means (PixelCNN++)",
     lambda shape, scale, m: DiscretizedMixtureLikelihood(shape, m),
+)
+
+LIKELIHOODS.add(
+    "autoregressive-mixture",
+    "`discretized-mixture` given the decoder's maps and each pixel's causal neighbourhood (PixelVAE)",
+    lambda shape, scale, m: AutoregressiveMixtureLikelihood(shape, m),
 )
 
 

@@ -417,8 +417,11 @@ def _save_pictures(run: Run, shown: torch.Tensor, epoch: int) -> None:
             run.vae.reconstruct(shown),
             images / f"reconstructions_epoch{epoch:04d}.png",
             epoch=epoch,
+            pictures=run.vae.pictures,
         )
-        save_samples(run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png", epoch=epoch)
+        save_samples(
+            run.vae.sample(64), images / f"samples_epoch{epoch:04d}.png", epoch=epoch, pictures=run.vae.pictures
+        )
     save_learning_curve(run.metrics, run.run_dir / "learning_curve.png")
 
 
