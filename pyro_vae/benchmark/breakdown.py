@@ -142,6 +142,7 @@ def _breakdown(
     from pyro_vae.data import ResidentBatches, load_data
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import make_elbo
+    from pyro_vae.training import make_optimizer
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -151,7 +152,7 @@ def _breakdown(
     elbo = make_elbo("mc")
     batches = list(ResidentBatches(data.train, batch_size, torch.Generator().manual_seed(seed)))
     variants = _loss_functions(vae, elbo)
-    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, (m, _) in variants.items()}
+    optimizers = {name: make_optimizer(m.parameters(), 1e-3) for name, (m, _) in variants.items()}
 
     def run(name: str, n: int) -> float:
         module, loss_fn = variants[name]

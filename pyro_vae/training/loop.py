@@ -188,6 +188,21 @@ def run_epoch(
     return EpochProgress(summed(now), step, taken, nonfinite=nonfinite)
 
 
+def make_optimizer(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """The training loop's Adam. With every parameter a float tensor on the CPU it is torch's fused kernel
+    (``fused=True``): the same update, one pass per tensor instead of about ten elementwise ops each, so a
+    step of the MNIST MLP spends 0.5 ms in Adam instead of 2.0 (measured, README). Elsewhere torch's
+    default (the multi-tensor kernels on CUDA), which the CUDA-graph capture was written for. A resumed run
+    keeps the mode its checkpoint's optimiser state records.
+
+    :param params: the parameters to step.
+    :param lr: the step size.
+    """
+    params = list(params)
+    cpu = bool(params) and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=True if cpu else None)
+
+
 def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:
     # a NaN or Inf entry makes its tensor's sum non-finite; one float64 pass per tensor instead of
     # isfinite's three (== itself, abs, != inf) and a reduction, and float64 cannot overflow here
