@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,7 +154,8 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     if not world().distributed:
         return t
     t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    with _released(t):
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
@@ -168,9 +171,48 @@ def gather_objects(obj: Any) -> list[Any]:
     w = world()
     if not w.distributed:
         return [obj]
-    out: list[Any] = [None] * w.size
-    dist.all_gather_object(out, obj)
-    return out
+    if dist.get_backend() != "gloo":
+        out: list[Any] = [None] * w.size
+        dist.all_gather_object(out, obj)
+        return out
+    # gloo: pickled bytes through tensors of our own, so that _released can see them let go
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).clone()  # no Python buffer
+    sizes = [int(s) for s in _all_gather(torch.tensor([len(data)]))]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8)
+    padded[: len(data)] = data
+    parts = _all_gather(padded)
+    return [pickle.loads(p[:s].numpy().tobytes()) for p, s in zip(parts, sizes, strict=True)]
+
+
+def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same shape on all), in rank order."""
+    parts = [torch.empty_like(t) for _ in range(world().size)]
+    with _released(t, *parts):
+        dist.all_gather(parts, t)
+    return parts
+
+
+@contextmanager
+def _released(*tensors: torch.Tensor, wait_s: float = 10.0) -> Iterator[None]:
+    """Run a gloo collective on ``tensors`` and return only once gloo's worker thread has dropped its
+    references to them. The caller has the result before that thread lets go, and the thread's drop
+    releases the tensors' Python objects, which takes the GIL. When that comes after the interpreter
+    began to exit, the process aborts ("terminate called without an active exception",
+    pytorch/pytorch#190489); DDP keeps the group's threads alive past ``destroy_process_group``, so
+    this is how a command that ends right after a collective exits cleanly. NCCL has no such thread."""
+    counts = [_use_count(t) for t in tensors]
+    yield
+    if dist.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + wait_s
+    while any(_use_count(t) > c for t, c in zip(tensors, counts, strict=True)) and time.monotonic() < deadline:
+        time.sleep(1e-4)  # lets the worker thread take the GIL
+
+
+def _use_count(t: torch.Tensor) -> int:
+    """How many C++ references hold ``t`` (0 where torch does not say)."""
+    count = getattr(t, "_use_count", None)
+    return int(count()) if count is not None else 0
 
 
 def first_given(value: Any) -> Any:
@@ -204,8 +246,7 @@ def gather_cat(values: torch.Tensor) -> torch.Tensor:
     sizes = [int(s) for s in gather_objects(len(values))]
     padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
     padded[: len(values)] = values
-    parts = [torch.empty_like(padded) for _ in range(w.size)]
-    dist.all_gather(parts, padded)
+    parts = _all_gather(padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
 

@@ -113,11 +113,28 @@ def evaluation(out: Path, w: distributed.World) -> dict:
     return result
 
 
+def collectives(out: Path, w: distributed.World) -> dict:
+    """The library's collectives, many times, with DDP holding the group's threads alive past
+    ``destroy_process_group`` as training does; the process ends right after the last one."""
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))  # noqa: F841
+    lingering, sums, gathered = 0, [], []
+    for i in range(200):
+        s = distributed.all_sum(torch.full((3,), float(w.rank + i)))
+        lingering += s._use_count() > 1  # the worker thread still holds the collective's tensor
+        sums.append(s[0].item())
+        parts = distributed._all_gather(torch.tensor([w.rank * 1000 + i]))
+        lingering += sum(p._use_count() > 1 for p in parts)
+        gathered.append(distributed.gather_objects({"rank": w.rank, "i": i}))
+    cat = distributed.gather_cat(torch.arange(w.rank + 2))
+    return {"lingering": lingering, "sums": sums, "gathered": gathered, "cat": cat}
+
+
 def main() -> None:
     name, out, *rest = sys.argv[1:]
     w = distributed.init("cpu", timeout_s=60)
     try:
-        result = {"step": step, "fit": fit, "evaluation": evaluation}[name](Path(out), w, *rest)
+        workers = {"step": step, "fit": fit, "evaluation": evaluation, "collectives": collectives}
+        result = workers[name](Path(out), w, *rest)
     finally:
         distributed.shutdown()
     torch.save(result, Path(out) / f"rank{w.rank}.pt")
