@@ -120,8 +120,14 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command). After a failed collective the group is left
     as it is: tearing down a gloo group whose peer died can abort the process (``terminate called without
     an active exception``) or hang, and this process is about to exit with its one-line error anyway."""
-    if dist.is_available() and dist.is_initialized() and not _BROKEN:
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if _BROKEN:
+        # gloo's worker threads fail the collectives still queued and drop their tensors, which takes
+        # the GIL: give them the time now rather than at interpreter exit (see _released)
+        time.sleep(0.5)
+        return
+    dist.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,12 +207,15 @@ def _released(*tensors: torch.Tensor, wait_s: float = 10.0) -> Iterator[None]:
     pytorch/pytorch#190489); DDP keeps the group's threads alive past ``destroy_process_group``, so
     this is how a command that ends right after a collective exits cleanly. NCCL has no such thread."""
     counts = [_use_count(t) for t in tensors]
-    yield
-    if dist.get_backend() != "gloo":
-        return
-    deadline = time.monotonic() + wait_s
-    while any(_use_count(t) > c for t, c in zip(tensors, counts, strict=True)) and time.monotonic() < deadline:
-        time.sleep(1e-4)  # lets the worker thread take the GIL
+    try:
+        yield
+    finally:  # also after a failed collective: the process is about to exit with its one-line error
+        if dist.is_initialized() and dist.get_backend() == "gloo":
+            deadline = time.monotonic() + wait_s
+            while any(_use_count(t) > c for t, c in zip(tensors, counts, strict=True)):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(1e-4)  # lets the worker thread take the GIL
 
 
 def _use_count(t: torch.Tensor) -> int:
