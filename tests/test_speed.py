@@ -116,6 +116,14 @@ def test_step_breakdown_smoke_times_every_layer(data_dir, tmp_path):
         assert r["ms_per_step"] > 0 and len(result["round_ms"][r["variant"]]) == 2
     assert result["rows"][0]["over_floor"] == 1.0
     assert "pyro-classic" in proc.stdout and "ms per step removed" in proc.stdout
+    # the profile of the two ends: operators counted, Python time sorted by where it lives
+    floor, ours = result["profile"]["floor"], result["profile"]["ours"]
+    assert floor["aten_ops_per_step"] > 0 and floor["aten_self_ms_per_step"] > 0
+    pyro_floor, pyro_ours = (p["python_ms_per_step"]["Pyro's messengers and traces"] for p in (floor, ours))
+    assert pyro_ours > 0 and pyro_floor < 0.05 * pyro_ours  # the floor runs no model or guide (only the loop's
+    # pyro.validation_enabled, once per round)
+    assert ours["python_ms_per_step"]["torch's distribution classes"] > 0
+    assert "aten operators" in proc.stdout and "Python, Pyro's messengers and traces" in proc.stdout
 
 
 def test_the_breakdown_variants_compute_the_same_loss_for_the_same_draws():

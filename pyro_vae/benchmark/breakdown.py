@@ -20,8 +20,11 @@ process; the difference between neighbours is that layer's cost:
 from __future__ import annotations
 
 import copy
+import cProfile
+import pstats
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -188,6 +191,7 @@ def _breakdown(
                 "layer": LAYERS.get(name, "hand-written loss, closed-form KL, no Pyro"),
             }
         )
+    profiles = {name: _profile(lambda n, name=name: run(name, n), max(steps, 50)) for name in PROFILED}
     # ours against the classic step: the time the lean hot path removed
     removed = statistics.median(a - b for a, b in zip(times["pyro-classic"], times["ours"], strict=True))
     return {
@@ -198,6 +202,52 @@ def _breakdown(
         "rows": rows,
         "classic_minus_ours_ms": removed,
         "round_ms": times,
+        "profile": profiles,
+    }
+
+
+# the two ends of the breakdown, profiled operator by operator and function by function
+PROFILED = ("floor", "ours")
+
+# where a Python function's own time is counted: the first group whose marker is in its file's path
+_GROUPS = (
+    ("pyro/poutine", "Pyro's messengers and traces"),
+    ("pyro/infer", "Pyro's ELBO code"),
+    ("pyro/", "Pyro, other"),
+    ("torch/distributions", "torch's distribution classes"),
+    ("torch/optim", "torch's optimiser"),
+    ("torch/nn", "torch.nn modules"),
+    ("pyro_vae", "this library: model, guide, parts, loss"),
+)
+
+
+def _profile(run: Callable[[int], float], steps: int) -> dict[str, Any]:
+    """Operators per step and their own CPU time (torch.profiler), and the Python functions' own time per
+    step grouped by :data:`_GROUPS` (cProfile), for ``steps`` steps of ``run``. A function's own time
+    includes the tensor arithmetic it writes as operators (``a + b``: cProfile sees no call there); calls
+    such as ``torch.relu`` are C functions of their own and are left out, as are the backward pass and
+    the optimiser's kernels: those are the aten time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(steps)
+    events = prof.key_averages()
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    aten_us = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::"))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(steps)
+    profiler.disable()
+    python: Counter[str] = Counter()
+    for (filename, _, _), (_, _, own, _, _) in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+        path = filename.replace("\\", "/")
+        group = next((g for marker, g in _GROUPS if marker in path), None)
+        if group is not None:
+            python[group] += own
+    return {
+        "aten_ops_per_step": ops / steps,
+        "aten_self_ms_per_step": aten_us / 1e3 / steps,
+        "python_ms_per_step": {g: python[g] * 1e3 / steps for _, g in _GROUPS},
     }
 
 
@@ -216,4 +266,13 @@ def format_breakdown(result: dict[str, Any]) -> str:
             + r["layer"]
         )
     lines.append(f"\nclassic step - ours: {result['classic_minus_ours_ms']:.2f} ms per step removed")
+    profiles = result.get("profile")
+    if profiles:
+        names = list(profiles)
+        lines += ["", f"{'profile, per step':54s} " + " ".join(f"{n:>8s}" for n in names)]
+        for key, label in (("aten_ops_per_step", "aten operators"), ("aten_self_ms_per_step", "aten own time, ms")):
+            lines.append(f"  {label:52s} " + " ".join(f"{profiles[n][key]:8.2f}" for n in names))
+        for _, group in _GROUPS:
+            values = [profiles[n]["python_ms_per_step"][group] for n in names]
+            lines.append(f"  {'Python, ' + group + ', ms':52s} " + " ".join(f"{v:8.3f}" for v in values))
     return "\n".join(lines)
