@@ -15,6 +15,9 @@ process; the difference between neighbours is that layer's cost:
    Pyro's own ``get_importance_trace``: this library's step before the lean hot path;
 6. ``ours``: the library's step as :func:`pyro_vae.training.run_epoch` runs it: lean distributions
    (:mod:`pyro_vae.parts.lean`) and traces built without copies.
+
+The two ends, ``floor`` and ``ours``, are then profiled: aten operators per step and their own time
+(torch.profiler), and the Python functions' own time per step by where they live (cProfile).
 """
 
 from __future__ import annotations
