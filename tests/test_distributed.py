@@ -33,7 +33,20 @@ def _free_port() -> int:
 
 
 def run_ranks(tmp_path: Path, *args: str, world: int = 2) -> tuple[list[dict | None], list[int], list[str]]:
-    """Start ``world`` ranks of a worker with torchrun's environment; wait for all, with a timeout."""
+    """Start ``world`` ranks of a worker with torchrun's environment; wait for all, with a timeout. A job
+    whose rendezvous port was taken between choosing and binding it (another test's connection can get
+    it: the port comes from the ephemeral range) is started again on a new port, up to three times."""
+    for _ in range(3):
+        results, codes, outputs = _run_ranks_once(tmp_path, *args, world=world)
+        if not any(_PORT_TAKEN in out for out in outputs):
+            break
+    return results, codes, outputs
+
+
+_PORT_TAKEN = "EADDRINUSE"  # torch's TCPStore, when the rendezvous port is no longer free
+
+
+def _run_ranks_once(tmp_path: Path, *args: str, world: int) -> tuple[list[dict | None], list[int], list[str]]:
     port = _free_port()
     procs = []
     for rank in range(world):
