@@ -67,6 +67,22 @@ def _elbo_value(model_trace, guide_trace) -> torch.Tensor:
     return elbo
 
 
+def _mean(terms: list[torch.Tensor], num_particles: int) -> torch.Tensor:
+    # the particles' average as Pyro forms it, a sum of term / num_particles (vectorised particles: one
+    # term, summed over all of them); one term of one particle, the training default, is itself
+    if num_particles == 1 and len(terms) == 1:
+        return terms[0]
+    total = terms[0] / num_particles
+    for term in terms[1:]:
+        total = total + term / num_particles
+    return total
+
+
+def _add(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    # a sum started from its first term, not from 0.0: one operator (and its backward) fewer
+    return term if total is None else total + term
+
+
 class SyncFreeTrace_ELBO(Trace_ELBO):
     """Pyro's ``Trace_ELBO`` with no host synchronisation in ``differentiable_loss``.
 
@@ -80,49 +96,56 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     """
 
     def _particle(self, model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The surrogate ELBO of one particle, and its value where that differs from the surrogate's (score-
-        function terms, or an entropy term that is not the site's log density); None where it does not."""
-        surrogate: torch.Tensor | float = 0.0
+        """The surrogate loss (−surrogate ELBO) of one particle, and the loss's value where that differs from
+        the surrogate's (score-function terms, or an entropy term that is not the site's log density); None
+        where it does not. Formed as Σ log q − Σ log p, so that no negation is needed at the end."""
+        log_p: torch.Tensor | None = None  # Σ log p over the model's sites
+        log_q: torch.Tensor | None = None  # Σ of the guide's terms
         elbo: torch.Tensor | None = None
         log_r = None
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
-                surrogate = surrogate + site["log_prob_sum"]
+                log_p = _add(log_p, site["log_prob_sum"])
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 _, score_function_term, entropy_term = site["score_parts"]
                 if entropy_term is site["log_prob"]:  # reparameterised: the very sum the ELBO's value takes
-                    surrogate = surrogate - site["log_prob_sum"]
+                    log_q = _add(log_q, site["log_prob_sum"])
                 else:
                     elbo = _elbo_value(model_trace, guide_trace) if elbo is None else elbo
                     if not is_identically_zero(entropy_term):
-                        surrogate = surrogate - entropy_term.sum()
+                        log_q = _add(log_q, entropy_term.sum())
                 if not is_identically_zero(score_function_term):
                     elbo = _elbo_value(model_trace, guide_trace) if elbo is None else elbo
                     if log_r is None:
                         log_r = _compute_log_r(model_trace, guide_trace)
-                    surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
-        assert isinstance(surrogate, torch.Tensor)
-        return surrogate, elbo
+                    log_q = _add(log_q, -(log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum())
+        loss = None if elbo is None else -elbo
+        if log_q is None:
+            if log_p is None:
+                raise ValueError("neither the model nor the guide has a sample site: there is no ELBO to compute")
+            return -log_p, loss
+        return (log_q if log_p is None else log_q - log_p), loss
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
         # Pyro's interface (SVI.step's loss_and_grads): the loss value and the surrogate loss
-        surrogate, elbo = self._particle(model_trace, guide_trace)
-        return -(surrogate.detach() if elbo is None else elbo), -surrogate
+        surrogate, loss = self._particle(model_trace, guide_trace)
+        return (surrogate.detach() if loss is None else loss), surrogate
 
     def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
-        loss: torch.Tensor | float = 0.0
-        surrogate: torch.Tensor | float = 0.0
-        differs = False
+        surrogates, values = [], []
         for model_trace, guide_trace in _traces(self, model, guide, args, kwargs):
-            surrogate_particle, elbo = self._particle(model_trace, guide_trace)
-            value = surrogate_particle.detach() if elbo is None else elbo
-            differs = differs or elbo is not None
-            loss = loss - value / self.num_particles
-            surrogate = surrogate - surrogate_particle / self.num_particles
-        assert isinstance(surrogate, torch.Tensor)
-        if not differs:  # every term reparameterised: the surrogate's value is the loss, bit for bit
+            surrogate_particle, loss_particle = self._particle(model_trace, guide_trace)
+            surrogates.append(surrogate_particle)
+            values.append(loss_particle)
+        # one particle (the training default): no division by 1, no running sum started from 0.0
+        surrogate = _mean(surrogates, self.num_particles)
+        # every term reparameterised: the surrogate's value is the loss, bit for bit
+        if all(v is None for v in values):
             return surrogate
+        loss = _mean(
+            [s.detach() if v is None else v for s, v in zip(surrogates, values, strict=True)], self.num_particles
+        )
         # the value of the loss, the gradient of the surrogate (s - s.detach() is exactly zero)
         return loss + (surrogate - surrogate.detach())
 
@@ -134,39 +157,39 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
     training loop checks finiteness on the device)."""
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
-        elbo: torch.Tensor | float = 0.0
+        log_p: torch.Tensor | None = None  # the observed sites' log densities, and log p of latents without a KL
+        kl: torch.Tensor | None = None  # the closed-form KLs, and log q of latents without one
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
-                elbo = elbo + model_site["log_prob_sum"]
+                log_p = _add(log_p, model_site["log_prob_sum"])
                 continue
             guide_site = guide_trace.nodes[name]
             try:
                 kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
             except NotImplementedError:
-                elbo = elbo + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+                log_p = _add(log_p, model_site["log_prob_sum"])
+                kl = _add(kl, guide_site["score_parts"].entropy_term.sum())
                 continue
             kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
             if torch.is_tensor(kl_qp):
-                elbo = elbo - kl_qp.sum()
-            else:
-                elbo = elbo - kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+                kl = _add(kl, kl_qp.sum())
+            # else the number zero (a site masked out): nothing to add
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as in Pyro
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 assert guide_site["infer"].get("is_auxiliary")
-                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
-        assert isinstance(elbo, torch.Tensor)
+                kl = _add(kl, guide_site["score_parts"].entropy_term.sum())
+        if log_p is None and kl is None:
+            raise ValueError("the model has no sample site with a term to score: there is no ELBO to compute")
+        elbo = -kl if log_p is None else (log_p if kl is None else log_p - kl)  # type: ignore[operator]
         return -elbo.detach(), -elbo
 
     def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
         if is_validation_enabled():
             return super().differentiable_loss(model, guide, *args, **kwargs)  # Pyro's checks, with their syncs
-        loss: torch.Tensor | float = 0.0
-        for model_trace, guide_trace in _traces(self, model, guide, args, kwargs):
-            loss = loss + self._differentiable_loss_particle(model_trace, guide_trace)[1] / self.num_particles
-        assert isinstance(loss, torch.Tensor)
-        return loss
+        losses = [self._differentiable_loss_particle(mt, gt)[1] for mt, gt in _traces(self, model, guide, args, kwargs)]
+        return _mean(losses, self.num_particles)
 
 
 class IWAE_ELBO:

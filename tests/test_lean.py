@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import kl_divergence
 
-from pyro_vae.parts.lean import BernoulliLogits, DiagNormal
+from pyro_vae.parts.lean import BernoulliLogits, DiagNormal, StandardDiagNormal, bernoulli_log_prob
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -126,3 +126,189 @@ def test_reparameterised_samples_carry_gradients_and_pyros_score_parts():
     parts = q.score_parts(z)
     torch.testing.assert_close(parts.log_prob, q.log_prob(z))
     assert parts.score_function == 0  # reparameterised: no score-function term
+
+
+@pytest.mark.parametrize("sample_shape", [(), (4,)])
+def test_own_draws_are_torchs_draws_and_score_as_torch_does_with_the_same_total_gradient(sample_shape):
+    g = torch.Generator().manual_seed(5)
+    loc = torch.randn(7, 3, generator=g, dtype=torch.float64).requires_grad_()
+    scale = (torch.rand(7, 3, generator=g, dtype=torch.float64) + 0.05).requires_grad_()
+    torch.manual_seed(11)
+    z = DiagNormal(loc, scale).rsample(sample_shape)
+    torch.manual_seed(11)
+    z_torch = dist.Normal(loc, scale).to_event(1).rsample(sample_shape)
+    assert torch.equal(z, z_torch)  # the same generator, the same draws
+    q = DiagNormal(loc, scale)
+    z = q.rsample(sample_shape)
+    ours = q.log_prob(z)  # from epsilon
+    ref = dist.Normal(loc, scale).to_event(1).log_prob(z)  # from (z - loc) / scale, through z as well
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    # the total derivative, through z and the parameters: zero in loc, -1/scale in scale, for both
+    got = torch.autograd.grad(ours.sum(), [loc, scale], retain_graph=True, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(ref.sum(), [loc, scale])
+    n = math.prod(sample_shape)
+    torch.testing.assert_close(got[0], torch.zeros_like(loc), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], -n / scale.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_own_draw_scored_without_the_float32_cancellation_of_z_minus_loc():
+    # loc = 1e4, scale = 1e-3: z = loc + scale * eps keeps about one significant digit of eps in float32
+    loc, scale = torch.full((1000, 2), 1e4), torch.full((1000, 2), 1e-3)
+    q = DiagNormal(loc, scale)
+    torch.manual_seed(0)
+    z = q.rsample()
+    eps = q._draw[2].double()
+    exact = (-0.5 * eps.square() - math.log(1e-3) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert (q.log_prob(z).double() - exact).abs().max() < 1e-4
+    formula = dist.Normal(loc, scale).to_event(1).log_prob(z).double()
+    assert (formula - exact).abs().max() > 0.1  # what the subtraction would have lost
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda z: z.detach(),  # a detached copy (e.g. a sticking-the-landing estimator)
+        lambda z: z.clone(),  # another tensor with the same values
+        lambda z: z.detach().add_(0.5),  # the draw itself, changed in place
+        lambda z: torch.zeros_like(z),  # a replayed or conditioned value
+    ],
+)
+def test_any_value_but_the_unchanged_own_draw_is_scored_from_the_formula(other):
+    g = torch.Generator().manual_seed(6)
+    loc, scale = (
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.rand(5, 3, generator=g, dtype=torch.float64) + 0.1,
+    )
+    q = DiagNormal(loc, scale)
+    value = other(q.rsample())
+    torch.testing.assert_close(
+        q.log_prob(value), dist.Normal(loc, scale).to_event(1).log_prob(value), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_standard_normal_scores_grads_and_expands_as_torchs(dtype):
+    d = 4
+    prior = StandardDiagNormal(torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype))
+    ref = dist.Normal(torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype)).to_event(1)
+    z = (10 * torch.randn(6, 9, d, dtype=dtype)).requires_grad_()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(prior.log_prob(z), ref.log_prob(z), **tol)
+    torch.testing.assert_close(
+        torch.autograd.grad(prior.log_prob(z).sum(), z)[0], torch.autograd.grad(ref.log_prob(z).sum(), z)[0], **tol
+    )
+    wide = prior.expand((9,))  # as the "data" plate expands it
+    assert type(wide) is StandardDiagNormal and wide.batch_shape == (9,)
+    torch.testing.assert_close(wide.log_prob(z[0]), ref.expand((9,)).log_prob(z[0]), **tol)
+    # a value with fewer batch dimensions than the distribution broadcasts, as torch's does
+    one = torch.randn(d, dtype=dtype)
+    assert wide.log_prob(one).shape == (9,)
+    torch.testing.assert_close(wide.log_prob(one), ref.expand((9,)).log_prob(one), **tol)
+    for checked in (True, False):  # Pyro's validation, or our own check without it
+        unchecked = StandardDiagNormal(torch.zeros(d, dtype=dtype), torch.ones(d, dtype=dtype), validate_args=checked)
+        with pytest.raises(ValueError, match=r"over 4 dimensions|must match event_shape"):
+            unchecked.log_prob(torch.zeros(9, 3, dtype=dtype))
+    # the closed-form KL sees the zeros and ones
+    q = DiagNormal(torch.randn(9, d, dtype=dtype), torch.rand(9, d, dtype=dtype) + 0.1)
+    torch.testing.assert_close(
+        kl_divergence(q, wide),
+        kl_divergence(dist.Normal(q.base_dist.loc, q.base_dist.scale).to_event(1), ref.expand((9,))),
+        **tol,
+    )
+
+
+def test_standard_normal_integrates_to_one():
+    p = StandardDiagNormal(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    grid = torch.linspace(-12, 12, 24001, dtype=torch.float64).unsqueeze(-1)
+    assert torch.trapezoid(p.log_prob(grid).exp(), grid.squeeze(-1)).item() == pytest.approx(1.0, abs=1e-9)
+
+
+_GRID = torch.tensor(
+    [
+        -200.0,
+        -100.0,
+        -88.0,
+        -40.0,
+        -17.0,
+        -16.0,
+        -5.0,
+        -1.0,
+        -1e-3,
+        -1e-7,
+        0.0,
+        1e-7,
+        1e-3,
+        1.0,
+        5.0,
+        16.0,
+        17.0,
+        40.0,
+        88.0,
+        100.0,
+        200.0,
+    ]
+)
+
+
+@pytest.mark.parametrize("x", [0.0, 1.0, 0.3, 0.999])
+def test_bernoulli_log_prob_is_exact_to_float32_rounding_from_any_logit(x):
+    # x·l − softplus(l) in float64 is the reference; float32 must hold its relative precision everywhere,
+    # near 0 too (|log p| ~ e^{-|l|}), down to the smallest float32 numbers
+    logits = torch.cat([_GRID, torch.linspace(-30, 30, 6001)])
+    value = torch.full_like(logits, x)
+    ld = logits.double()
+    # softplus in float64 written out (F.softplus turns linear past its threshold, dropping e^{-|l|})
+    exact = (value.double() * ld - ld.clamp(min=0)) - torch.log1p(torch.exp(-ld.abs()))
+    got = bernoulli_log_prob(logits, value).double()
+    eps32 = torch.finfo(torch.float32).eps
+    tiny = torch.finfo(torch.float32).smallest_normal
+    assert ((got - exact).abs() <= 4 * eps32 * exact.abs() + tiny).all(), (got - exact).abs().max()
+    assert (got <= 0).all()
+
+
+def test_bernoulli_log_prob_float64_agrees_with_torch_to_float64_rounding():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(50, 20, generator=g, dtype=torch.float64) * 20
+    x = torch.rand(50, 20, generator=g, dtype=torch.float64)
+    ref = -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    torch.testing.assert_close(bernoulli_log_prob(logits, x), ref, rtol=1e-13, atol=1e-13)
+
+
+def test_bernoulli_log_prob_gradients_are_exact_in_both_arguments():
+    g = torch.Generator().manual_seed(8)
+    logits = (torch.randn(6, 5, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    x = torch.rand(6, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(bernoulli_log_prob, (logits, x))
+    weights = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    grad_l, grad_x = torch.autograd.grad((bernoulli_log_prob(logits, x) * weights).sum(), [logits, x])
+    torch.testing.assert_close(grad_l, weights * (x - torch.sigmoid(logits)), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(grad_x, weights * logits, rtol=1e-14, atol=1e-14)
+    # float32 at saturating logits: the gradient x − sigmoid(l) stays finite and exact
+    l32 = _GRID.clone().requires_grad_()
+    ones = torch.ones_like(l32)
+    (g32,) = torch.autograd.grad(bernoulli_log_prob(l32, ones).sum(), l32)
+    torch.testing.assert_close(g32.double(), 1 - torch.sigmoid(_GRID.double()), rtol=1e-6, atol=1e-7)
+
+
+def test_bernoulli_log_prob_broadcasts_and_its_gradient_comes_back_in_each_shape():
+    logits = torch.randn(4, 1, 3, requires_grad=True)
+    x = torch.bernoulli(torch.full((5, 3), 0.5))
+    out = bernoulli_log_prob(logits, x)
+    assert out.shape == (4, 5, 3)
+    torch.testing.assert_close(
+        out, -F.binary_cross_entropy_with_logits(logits.expand(4, 5, 3), x.expand(4, 5, 3), reduction="none")
+    )
+    (grad,) = torch.autograd.grad(out.sum(), logits)
+    assert grad.shape == logits.shape
+
+
+@pytest.mark.cuda
+def test_bernoulli_logits_scores_alike_on_cuda_and_cpu():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(8, 1, 5, 5, generator=g) * 10
+    x = torch.bernoulli(torch.full((8, 1, 5, 5), 0.5), generator=g)
+    cpu = BernoulliLogits(logits, 3).log_prob(x)
+    cuda = BernoulliLogits(logits.cuda(), 3).log_prob(x.cuda())  # torch's fused kernel there
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-5, atol=1e-4)

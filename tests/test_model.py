@@ -1,3 +1,4 @@
+import copy
 import inspect
 
 import pyro
@@ -8,9 +9,10 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae import BernoulliLikelihood, build_vae, train
+from pyro_vae import BernoulliLikelihood, TrainConfig, build_vae, train
 from pyro_vae.data import prepare
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.models import build_vae_from_config
 from pyro_vae.training import heldout_loss
 
 from conftest import make_tiny_data, tiny_config
@@ -149,3 +151,66 @@ def test_library_loop_leaves_the_param_store_alone_and_svi_registration_back_on(
     result = train(tiny_config(tmp_path, epochs=1), data=make_tiny_data())
     assert result.vae.register_params is True
     assert len(list(pyro.get_param_store().keys())) == 0
+
+
+def _with_pyros_plate(vae):
+    # the same VAE sampling in Pyro's own plate, subsample site and all
+    vae.data_plate = lambda x: pyro.plate("data", x.shape[0], device=x.device)
+    return vae
+
+
+@pytest.mark.parametrize("family", ["vae", "ladder"])
+def test_data_plate_gives_every_site_pyros_frame_shapes_and_densities_without_the_subsample_site(family):
+    shape = (1, 4, 4)
+    if family == "ladder":
+        vae = build_vae_from_config(shape, TrainConfig(model="ladder", latents=(3, 2), hidden=(8, 8)))
+    else:
+        vae = build_vae(shape, z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((5, *shape), 0.5))
+    pyro.set_rng_seed(0)
+    model_tr, guide_tr = traces(vae, x)
+    pyro.set_rng_seed(0)
+    ref_model, ref_guide = traces(_with_pyros_plate(copy.deepcopy(vae)), x)
+    assert "data" in ref_guide.nodes and site_is_subsample(ref_guide.nodes["data"])  # what DataPlate leaves out
+    for ours, ref in ((model_tr, ref_model), (guide_tr, ref_guide)):
+        assert "data" not in ours.nodes
+        assert list(ours.nodes) == [n for n in ref.nodes if n != "data"]
+        ours.compute_log_prob()
+        ref.compute_log_prob()
+        for name, site in ours.nodes.items():
+            if site["type"] != "sample":
+                continue
+            assert (
+                site["cond_indep_stack"] == ref.nodes[name]["cond_indep_stack"]
+            )  # name, dim, size, counter, full size
+            assert site["fn"].batch_shape == ref.nodes[name]["fn"].batch_shape == (5,)
+            assert site["scale"] == ref.nodes[name]["scale"] == 1.0
+            torch.testing.assert_close(site["value"], ref.nodes[name]["value"], rtol=0, atol=0)
+            torch.testing.assert_close(site["log_prob"], ref.nodes[name]["log_prob"])
+
+
+def test_data_plate_takes_its_dimension_afresh_each_time_inside_and_outside_a_particle_plate():
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.5))
+    for k in (None, 7, None):  # alone, under a vectorised particle plate at dim -2, alone again
+        if k is None:
+            tr = poutine.trace(vae.guide).get_trace(x)
+            assert tr.nodes["z"]["value"].shape == (5, 3)
+        else:
+            with pyro.plate("particles", k, dim=-2):
+                tr = poutine.trace(vae.guide).get_trace(x)
+            assert tr.nodes["z"]["value"].shape == (k, 5, 3)
+        assert [f.dim for f in tr.nodes["z"]["cond_indep_stack"] if f.name == "data"] == [-1]
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
+def test_pyros_own_elbos_with_validation_give_the_same_loss_in_either_plate(elbo):
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.5))
+    with pyro.validation_enabled(True):
+        pyro.set_rng_seed(3)
+        ours = elbo(num_particles=4).differentiable_loss(vae.model, vae.guide, x)
+        pyro.set_rng_seed(3)
+        ref_vae = _with_pyros_plate(copy.deepcopy(vae))
+        ref = elbo(num_particles=4).differentiable_loss(ref_vae.model, ref_vae.guide, x)
+    torch.testing.assert_close(ours, ref)

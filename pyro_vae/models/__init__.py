@@ -4,6 +4,6 @@
 
 from pyro_vae.models.build import build_vae, build_vae_from_config
 from pyro_vae.models.hierarchy import HierarchicalVAE, precision_merge
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.vae import VAE, DataPlate
 
-__all__ = ["VAE", "HierarchicalVAE", "build_vae", "build_vae_from_config", "precision_merge"]
+__all__ = ["VAE", "DataPlate", "HierarchicalVAE", "build_vae", "build_vae_from_config", "precision_merge"]

@@ -150,7 +150,7 @@ class HierarchicalVAE(VAE):
     def model(self, x: torch.Tensor) -> None:
         """p(x, z_1, …, z_L), top-down."""
         self._register("decoder", "prior", "likelihood", "top_down")
-        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
+        with self.data_plate(x):
             with self._kl_scaled():
                 z = pyro.sample(f"z{self.layers}", self.prior())
             for i in reversed(range(self.layers - 1)):
@@ -163,7 +163,7 @@ class HierarchicalVAE(VAE):
     def guide(self, x: torch.Tensor) -> None:
         """q(z_1, …, z_L | x): ladder (top-down, merged) or bottom-up."""
         self._register("encoder", "top_down")
-        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
+        with self.data_plate(x):
             if self.inference == "ladder":
                 stats = self.encoder.all(self.encoder_input(x))
                 loc, scale = stats[-1]

@@ -1,7 +1,8 @@
 """The VAE as a Pyro model and guide.
 
 ``model(x)``: z ~ p(z) (site ``"z"``), x ~ p(x|z) from the decoder (site ``"x"``),
-both inside ``pyro.plate("data", N)``. ``guide(x)``: z ~ q(z|x) = Normal(loc, scale)
+both inside the ``"data"`` plate over the batch (:class:`DataPlate`, ``pyro.plate("data", N)`` without
+its subsample site). ``guide(x)``: z ~ q(z|x) = Normal(loc, scale)
 from the encoder. Prior, likelihood and networks are injected modules, so each can
 be swapped without touching the rest.
 """
@@ -14,9 +15,25 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.indep_messenger import IndepMessenger
 from torch import nn
 
 from pyro_vae.parts.guides import GaussianPosterior
+
+
+class DataPlate(pyro.plate):
+    """``pyro.plate("data", size)`` over a whole batch: the same frame on every site (name ``"data"``, the
+    batch dimension, its size), the same broadcasting and scale 1, without the plate's subsample site.
+    ``pyro.plate`` records that site (a message through every handler, and an ``arange``) to say which
+    points a subsampled plate took; over the whole batch it says "all of them", and every ELBO drops it.
+
+    :param size: the batch size N.
+    :param device: where the batch is (what ``pyro.plate`` puts its indices on).
+    """
+
+    def __init__(self, size: int, device: torch.device | str | None = None) -> None:
+        IndepMessenger.__init__(self, "data", size, None, device)  # SubsampleMessenger's, less its site
+        self.subsample_size = size
 
 
 def _full_precision(t: torch.Tensor) -> torch.Tensor:
@@ -94,7 +111,7 @@ class VAE(nn.Module):
     def model(self, x: torch.Tensor) -> None:
         """p(x, z) for a batch ``x: (N, *event_shape)``."""
         self._register("decoder", "prior", "likelihood")
-        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
+        with self.data_plate(x):
             with self._kl_scaled():
                 z = pyro.sample("z", self.prior())  # (N, z_dim)
             logits = _full_precision(self.decoder(z))  # (N, *event_shape)
@@ -103,10 +120,14 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x) for a batch ``x: (N, *event_shape)``."""
         self._register("encoder", "posterior")
-        with pyro.plate("data", x.shape[0], device=x.device):  # device given: no probe tensor per call
+        with self.data_plate(x):
             loc, scale, context = self._encode(x)
             with self._kl_scaled():
                 pyro.sample("z", self.posterior(loc, scale, context))
+
+    def data_plate(self, x: torch.Tensor) -> pyro.plate:
+        """The ``"data"`` plate over the batch ``x`` that model and guide sample in (:class:`DataPlate`)."""
+        return DataPlate(x.shape[0], x.device)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """loc and scale of the base Gaussian, and the context h(x) a flow posterior conditions on: the

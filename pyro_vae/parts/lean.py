@@ -12,7 +12,14 @@ that
 * return themselves from ``expand`` when the shape is already the one asked for;
 * compute ``log_prob`` directly, summed over the event dimensions:
   ``−½ Σ ((x − loc)/scale)² − Σ log scale − d/2 · log 2π`` for the Gaussian and
-  ``−Σ BCE_with_logits(logits, x)`` for the Bernoulli (from the logits, never probabilities).
+  ``Σ x·l − softplus(l)`` for the Bernoulli (from the logits, never probabilities; on the CPU through
+  :func:`bernoulli_log_prob`, about twice as fast as torch's ``binary_cross_entropy_with_logits``);
+* score the Gaussian's own reparameterised draw ``z = loc + scale·ε`` from the ``ε`` it drew, not from
+  ``(z − loc)/scale``: the same value without the round-off of that cancellation, and the same gradient
+  (the total derivative of ``log q(loc + scale·ε)`` in ``loc`` is zero either way, in ``scale`` it is
+  ``−1/scale``), with a subtraction, a division and their backward passes fewer. Any other value (a
+  replayed or conditioned one, a detached copy, a draw changed in place) is scored from the formula;
+* and, for the standard Normal prior, drop the ``loc = 0``, ``scale = 1`` arithmetic: ``−½ Σ z² − d/2 · log 2π``.
 
 The densities are tested against torch's own classes in float32 and float64.
 """
@@ -24,6 +31,8 @@ import math
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.distributions.utils import _standard_normal
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -35,8 +44,19 @@ class DiagNormal(dist.Independent):
     :param scale: standard deviations, broadcastable to ``loc``.
     """
 
+    # the last reparameterised draw: (z, z's version counter when drawn, ε), or None
+    _draw: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None) -> None:
         super().__init__(dist.Normal(loc, scale, validate_args=validate_args), 1, validate_args=validate_args)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        # torch's Normal.rsample, the same draws from the same generator, keeping ε for log_prob
+        base = self.base_dist
+        eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
+        value = base.loc + eps * base.scale
+        self._draw = (value, value._version, eps)
+        return value
 
     def expand(self, batch_shape, _instance=None):  # type: ignore[override]
         batch_shape = torch.Size(batch_shape)
@@ -48,8 +68,36 @@ class DiagNormal(dist.Independent):
         if self._validate_args:
             self._validate_sample(value)
         base = self.base_dist
-        eps = (value - base.loc) / base.scale
-        return -0.5 * eps.square().sum(-1) - base.scale.log().sum(-1) - value.shape[-1] * _HALF_LOG_2PI
+        draw = self._draw
+        if draw is not None and value is draw[0] and value._version == draw[1]:
+            eps = draw[2]  # our own draw, unchanged: (value − loc)/scale is ε, exactly
+        else:
+            eps = (value - base.loc) / base.scale
+        # −Σ (½ ε² + log scale) − d/2 · log 2π in four operators: log, one fused multiply-add, sum, and
+        # the constant subtracted from the left (each operator saved is one less in the backward pass too)
+        return torch.rsub(
+            torch.addcmul(base.scale.log(), eps, eps, value=0.5).sum(-1), -value.shape[-1] * _HALF_LOG_2PI
+        )
+
+
+class StandardDiagNormal(DiagNormal):
+    """``Normal(0, 1).to_event(1)``, given its zeros and ones (a prior's buffers, so that ``.to(device)``,
+    ``mean``, sampling and the closed-form KL see them as for :class:`DiagNormal`), with ``log_prob``
+    computed as ``−½ Σ z² − d/2 · log 2π``: no subtraction of zero, division by one or log of ones.
+
+    :param loc: zeros ``(..., d)``.
+    :param scale: ones, broadcastable to ``loc``.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        if value.shape[-1:] != self.event_shape:  # torch's broadcasting error, which the formula would skip
+            raise ValueError(f"value of shape {tuple(value.shape)} for a Normal over {self.event_shape[0]} dimensions")
+        log_p = torch.rsub(value.square().sum(-1), -value.shape[-1] * _HALF_LOG_2PI, alpha=0.5)  # −c − ½ Σ z²
+        if log_p.shape != self.batch_shape:  # a value with fewer batch dimensions than the distribution
+            log_p = log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return log_p
 
 
 class BernoulliLogits(dist.Independent):
@@ -75,6 +123,50 @@ class BernoulliLogits(dist.Independent):
         logits = self.base_dist.logits
         if value.shape != logits.shape:  # e.g. K particles' logits against one batch of data
             logits, value = torch.broadcast_tensors(logits, value)
-        per_pixel = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
         n = self.reinterpreted_batch_ndims
-        return -(per_pixel.flatten(-n).sum(-1) if n else per_pixel)
+        if logits.device.type == "cpu":
+            log_p = bernoulli_log_prob(logits, value)
+            return log_p.sum(tuple(range(-n, 0))) if n else log_p
+        per_pixel = F.binary_cross_entropy_with_logits(logits, value, reduction="none")  # one fused kernel
+        return per_pixel.sum(tuple(range(-n, 0))).neg() if n else per_pixel.neg()
+
+
+class _BernoulliLogProb(torch.autograd.Function):
+    """x·l − softplus(l) elementwise, with the gradient x − sigmoid(l) (and l for x)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        t = logits.abs().neg_().exp_()  # e^{−|l|}, in (0, 1]: nothing overflows
+        u = t + 1
+        # log1p(t) as log(1 + t) corrected for the rounding of 1 + t (exact to a few ulps, t itself
+        # when 1 + t rounds to 1); torch's float32 log1p is a scalar loop on the CPU, 8× slower than log
+        log1p_t = u.log().sub_((u - 1).sub_(t).div_(u))
+        # softplus(l) = max(l, 0) + log1p(e^{−|l|}); x·l − max(l, 0) first, which is exact for binary x
+        # (min(l, 0) or −max(l, 0)), so a log density near 0 keeps its digits
+        out = torch.addcmul(logits.clamp(min=0).neg_(), x, logits).sub_(log1p_t)
+        ctx.save_for_backward(logits, x)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        logits, x = ctx.saved_tensors
+        grad_logits = (x - torch.sigmoid(logits)).mul_(grad) if ctx.needs_input_grad[0] else None
+        grad_x = grad * logits if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_x
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | logits) of independent Bernoulli pixels, elementwise: x·l − softplus(l), computed from the
+    logits (never a probability) with exp and log, and differentiable in both arguments (once).
+
+    It is ``−binary_cross_entropy_with_logits(l, x, reduction="none")`` to float32 rounding, about twice
+    as fast forward and backward on the CPU (0.5 against 1.15 ms for a 128 × 784 batch on one thread,
+    README): torch computes it through ``log_sigmoid``, whose float32 ``log1p`` is not vectorised there.
+
+    :param logits: ``l``.
+    :param x: the data, broadcastable with ``logits`` (0/1 pixels, or values in [0, 1]).
+    """
+    if logits.shape != x.shape:
+        logits, x = torch.broadcast_tensors(logits, x)
+    return _BernoulliLogProb.apply(logits, x)

@@ -15,7 +15,7 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae.parts.lean import DiagNormal
+from pyro_vae.parts.lean import DiagNormal, StandardDiagNormal
 from pyro_vae.parts.registry import Registry
 
 
@@ -41,7 +41,7 @@ class StandardNormalPrior(_FixedPrior):
     family = dist.Normal
 
     def forward(self) -> dist.TorchDistribution:
-        return DiagNormal(self.loc, self.scale)  # Normal(0, 1).to_event(1), lean
+        return StandardDiagNormal(self.loc, self.scale)  # Normal(0, 1).to_event(1), lean
 
 
 def _positive(raw: torch.Tensor) -> torch.Tensor:
