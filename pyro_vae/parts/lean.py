@@ -136,14 +136,17 @@ class _BernoulliLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # three buffers of the output's size, reused in place: evaluation's chunks are 16 MB each
         t = logits.abs().neg_().exp_()  # e^{−|l|}, in (0, 1]: nothing overflows
         u = t + 1
-        # log1p(t) as log(1 + t) corrected for the rounding of 1 + t (exact to a few ulps, t itself
-        # when 1 + t rounds to 1); torch's float32 log1p is a scalar loop on the CPU, 8× slower than log
-        log1p_t = u.log().sub_((u - 1).sub_(t).div_(u))
+        # log1p(t) as log(1 + t) corrected for the rounding of 1 + t: log(u) − ((u − 1) − t)/u, exact to a
+        # few ulps (u − 1 is exact, and so is its difference from t), t itself when 1 + t rounds to 1.
+        # torch's float32 log1p is a scalar loop on the CPU, 8× slower than log
+        correction = (u - 1).sub_(t).div_(u)
+        log1p_t = u.log_().sub_(correction)
         # softplus(l) = max(l, 0) + log1p(e^{−|l|}); x·l − max(l, 0) first, which is exact for binary x
         # (min(l, 0) or −max(l, 0)), so a log density near 0 keeps its digits
-        out = torch.addcmul(logits.clamp(min=0).neg_(), x, logits).sub_(log1p_t)
+        out = torch.clamp(logits, min=0, out=t).neg_().addcmul_(x, logits).sub_(log1p_t)
         ctx.save_for_backward(logits, x)
         return out
 
