@@ -30,11 +30,12 @@ OBJECTIVES = {
 SCHEDULES = ("constant", "linear", "cyclical")
 
 
-def _importance_trace(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+def _importance_trace(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict, score: bool = True):
     """Pyro's ``get_importance_trace`` for the common case, with less Python: the guide traced, the model
     replayed against it and traced, the plates' subsample sites dropped (in place: both traces are new, so
-    Pyro's copies are not needed), log densities and score parts computed. With validation on, or a
-    ``GuideMessenger`` guide, Pyro's own function runs, with its checks."""
+    Pyro's copies are not needed), and, with ``score``, log densities and score parts computed (without,
+    the caller computes the ones it uses, through Pyro's memoised ``compute_log_prob``). With validation
+    on, or a ``GuideMessenger`` guide, Pyro's own function runs, with its checks."""
     if is_validation_enabled() or isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
         return elbo._get_trace(model, guide, args, kwargs)
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -42,18 +43,33 @@ def _importance_trace(elbo: ELBO, model: Callable, guide: Callable, args: tuple,
     for trace in (guide_trace, model_trace):
         for name in [name for name, site in trace.nodes.items() if site_is_subsample(site)]:
             trace.remove_node(name)
-    model_trace.compute_log_prob()
-    guide_trace.compute_score_parts()
+    if score:
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
     return model_trace, guide_trace
 
 
-def _traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+def _traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict, score: bool = True):
     # Pyro's _get_traces, one particle at a time; vectorised particles keep Pyro's own path
     if elbo.vectorize_particles:
         yield from elbo._get_traces(model, guide, args, kwargs)
         return
     for _ in range(elbo.num_particles):
-        yield _importance_trace(elbo, model, guide, args, kwargs)
+        yield _importance_trace(elbo, model, guide, args, kwargs, score)
+
+
+def _log_prob_sum(trace, site) -> torch.Tensor:
+    # the site's scaled and masked log density, summed, computed on first use by Pyro's own code
+    if "log_prob_sum" not in site:
+        trace.compute_log_prob(site_filter=lambda _, other: other is site)
+    return site["log_prob_sum"]
+
+
+def _entropy_term(trace, site) -> torch.Tensor:
+    # the guide site's entropy term of its score parts (Pyro computes them for every site at once)
+    if "score_parts" not in site:
+        trace.compute_score_parts()
+    return site["score_parts"].entropy_term
 
 
 def _elbo_value(model_trace, guide_trace) -> torch.Tensor:
@@ -154,7 +170,8 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
     """Pyro's ``TraceMeanField_ELBO`` (closed-form KL where torch has one, else Monte-Carlo) with no host
     synchronisation in ``differentiable_loss``: the same terms as Pyro's ``_differentiable_loss_particle``,
     the loss value kept on the device instead of read back with ``torch_item``, and no NaN check (the
-    training loop checks finiteness on the device)."""
+    training loop checks finiteness on the device). Only the densities the loss uses are computed: the
+    observed sites' and those of latents without a closed-form KL, not log q(z) and log p(z) beside a KL."""
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):  # type: ignore[override]
         log_p: torch.Tensor | None = None  # the observed sites' log densities, and log p of latents without a KL
@@ -163,14 +180,14 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
             if model_site["type"] != "sample":
                 continue
             if model_site["is_observed"]:
-                log_p = _add(log_p, model_site["log_prob_sum"])
+                log_p = _add(log_p, _log_prob_sum(model_trace, model_site))
                 continue
             guide_site = guide_trace.nodes[name]
             try:
                 kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
             except NotImplementedError:
-                log_p = _add(log_p, model_site["log_prob_sum"])
-                kl = _add(kl, guide_site["score_parts"].entropy_term.sum())
+                log_p = _add(log_p, _log_prob_sum(model_trace, model_site))
+                kl = _add(kl, _entropy_term(guide_trace, guide_site).sum())
                 continue
             kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
             if torch.is_tensor(kl_qp):
@@ -179,7 +196,7 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites, as in Pyro
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 assert guide_site["infer"].get("is_auxiliary")
-                kl = _add(kl, guide_site["score_parts"].entropy_term.sum())
+                kl = _add(kl, _entropy_term(guide_trace, guide_site).sum())
         if log_p is None and kl is None:
             raise ValueError("the model has no sample site with a term to score: there is no ELBO to compute")
         elbo = -kl if log_p is None else (log_p if kl is None else log_p - kl)  # type: ignore[operator]
@@ -188,7 +205,8 @@ class SyncFreeTraceMeanField_ELBO(TraceMeanField_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):  # type: ignore[override]
         if is_validation_enabled():
             return super().differentiable_loss(model, guide, *args, **kwargs)  # Pyro's checks, with their syncs
-        losses = [self._differentiable_loss_particle(mt, gt)[1] for mt, gt in _traces(self, model, guide, args, kwargs)]
+        traces = _traces(self, model, guide, args, kwargs, score=False)
+        losses = [self._differentiable_loss_particle(mt, gt)[1] for mt, gt in traces]
         return _mean(losses, self.num_particles)
 
 

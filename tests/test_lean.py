@@ -225,6 +225,56 @@ def test_standard_normal_integrates_to_one():
     assert torch.trapezoid(p.log_prob(grid).exp(), grid.squeeze(-1)).item() == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    "q_batch,p_batch", [((), ()), ((7,), ()), ((7,), (7,)), ((3, 7), (7,)), ((7,), (3, 7)), ((3, 1), (1, 7))]
+)
+def test_standard_normal_kl_is_torchs_general_formula_in_value_gradient_and_shape(q_batch, p_batch):
+    # the five-operator KL against torch's Normal–Normal KL in float64 (an independent formula), for every
+    # way the posterior's and the prior's batch shapes broadcast
+    d, f64 = 5, torch.float64
+    g = torch.Generator().manual_seed(11)
+    loc = (3 * torch.randn(*q_batch, d, generator=g, dtype=f64)).requires_grad_()
+    scale = (torch.rand(*q_batch, d, generator=g, dtype=f64) * 4 + 0.01).requires_grad_()
+    prior = StandardDiagNormal(torch.zeros(d, dtype=f64), torch.ones(d, dtype=f64)).expand(p_batch)
+    ours = kl_divergence(DiagNormal(loc, scale), prior)
+    ref = kl_divergence(dist.Normal(loc, scale).to_event(1), dist.Normal(0.0, 1.0).expand([*p_batch, d]).to_event(1))
+    assert ours.shape == ref.shape == torch.broadcast_shapes(q_batch, p_batch)
+    torch.testing.assert_close(ours, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(
+        torch.autograd.grad(ours.sum(), (loc, scale)), torch.autograd.grad(ref.sum(), (loc, scale)), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and against the derivatives by hand: dKL/dμ = μ, dKL/dσ = σ − 1/σ (times the broadcast multiplicity)
+    times = ours.numel() / loc[..., 0].numel()
+    dloc, dscale = torch.autograd.grad(kl_divergence(DiagNormal(loc, scale), prior).sum(), (loc, scale))
+    torch.testing.assert_close(dloc, times * loc.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dscale, times * (scale - 1 / scale).detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_standard_normal_kl_in_float32_keeps_a_collapsed_units_small_kl():
+    # units near the prior (μ ≈ 0, σ ≈ 1) have KL ≈ μ²/2 + (σ − 1)²: each term must come out with the
+    # rounding of σ² near 1 (a few float32 ulps of 1 per unit), not of the sum of d terms near 1
+    d = 64
+    g = torch.Generator().manual_seed(12)
+    loc64 = 1e-3 * torch.randn(1000, d, generator=g, dtype=torch.float64)
+    scale64 = 1 + 1e-3 * torch.randn(1000, d, generator=g, dtype=torch.float64)
+    loc, scale = loc64.float(), scale64.float()
+    exact = 0.5 * (loc.double() ** 2 + scale.double() ** 2 - 1 - 2 * scale.double().log()).sum(-1)  # the float32 inputs
+    ours = kl_divergence(DiagNormal(loc, scale), StandardDiagNormal(torch.zeros(d), torch.ones(d)))
+    ulp = torch.finfo(torch.float32).eps
+    # each unit's term carries a few roundings of numbers near 1 (σ², μ² + σ²), random in sign, so the sum of
+    # d = 64 terms is off by a few ulps of 1: torch's general formula, which also subtracts per unit, is off by
+    # 3.3 here; summing the d terms near 1 first and subtracting d/2 after would be off by 46
+    assert (ours.double() - exact).abs().max() < 8 * ulp
+    assert exact.mean() > 100 * 8 * ulp  # the KL itself is far above that bound
+
+
+def test_standard_normal_kl_refuses_a_different_number_of_dimensions():
+    prior = StandardDiagNormal(torch.zeros(4), torch.ones(4))
+    with pytest.raises(ValueError, match=r"over \(3,\) and \(4,\) dimensions"):
+        kl_divergence(DiagNormal(torch.zeros(3), torch.ones(3)), prior)
+
+
 _GRID = torch.tensor(
     [
         -200.0,
@@ -302,6 +352,56 @@ def test_bernoulli_log_prob_broadcasts_and_its_gradient_comes_back_in_each_shape
     )
     (grad,) = torch.autograd.grad(out.sum(), logits)
     assert grad.shape == logits.shape
+
+
+@pytest.mark.parametrize(
+    "logit_shape,x_shape",
+    [
+        ((50, 7, 3), (50, 7, 3)),  # 21 elements a row: blocks of 2 rows, the last one short
+        ((50, 1, 21), (4, 21)),  # K draws' logits against a batch of 4: x broadcast (expanded, stride 0)
+        ((1, 50, 21), (1, 50, 21)),  # one index on the first dimension: a single block
+        ((0, 5), (0, 5)),  # empty
+        ((), ()),  # a scalar
+    ],
+)
+def test_bernoulli_log_prob_in_cache_sized_blocks_is_the_same_function(logit_shape, x_shape, monkeypatch):
+    # evaluation's large inputs are scored in blocks along the first dimension: the blocked forward must be
+    # the very same numbers (bit for bit: the same elementwise operators) and the same float64 values and
+    # gradients as the exact formula, for every block size, remainder and broadcast
+    import pyro_vae.parts.lean as lean
+
+    g = torch.Generator().manual_seed(10)
+    logits = (torch.randn(logit_shape, generator=g) * 20).requires_grad_()
+    x = torch.bernoulli(torch.full(x_shape, 0.5), generator=g)
+    whole = bernoulli_log_prob(logits, x)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), logits)
+    monkeypatch.setattr(lean, "_BLOCK_ELEMENTS", 50)
+    blocked = bernoulli_log_prob(logits, x)
+    assert torch.equal(blocked, whole)
+    (grad_blocked,) = torch.autograd.grad(blocked.sum(), logits)
+    assert torch.equal(grad_blocked, grad_whole)
+    ld, xd = torch.broadcast_tensors(logits.detach().double(), x.double())
+    exact = (xd * ld - ld.clamp(min=0)) - torch.log1p(torch.exp(-ld.abs()))
+    eps32 = torch.finfo(torch.float32).eps
+    assert ((blocked.double() - exact).abs() <= 4 * eps32 * exact.abs() + torch.finfo(torch.float32).tiny).all()
+    # float32 gradient terms (each within an ulp of 1) summed over the broadcast copies
+    reference = (xd - torch.sigmoid(ld)).sum_to_size(logits.shape)
+    copies = max(xd.numel(), 1) / max(logits.numel(), 1)
+    torch.testing.assert_close(grad_blocked.double(), reference, rtol=0, atol=4 * eps32 * copies)
+
+
+def test_bernoulli_log_prob_blocks_really_split_evaluation_sized_inputs(monkeypatch):
+    # the blocked path is taken (not only equal): each block's own exp_ runs on at most the block size
+    import pyro_vae.parts.lean as lean
+
+    sizes: list[int] = []
+    exp_ = torch.Tensor.exp_
+    monkeypatch.setattr(torch.Tensor, "exp_", lambda self: sizes.append(self.numel()) or exp_(self))
+    bernoulli_log_prob(torch.randn(1000, 1, 28, 28), torch.zeros(1, 28, 28))
+    assert len(sizes) == math.ceil(1000 / (lean._BLOCK_ELEMENTS // 784)) and max(sizes) <= lean._BLOCK_ELEMENTS
+    sizes.clear()
+    bernoulli_log_prob(torch.randn(128, 1, 28, 28), torch.zeros(128, 1, 28, 28))  # a training batch: one block
+    assert sizes == [128 * 784]
 
 
 @pytest.mark.cuda

@@ -139,3 +139,33 @@ def test_the_lean_hot_path_equals_pyro_with_torchs_own_distributions(ours, pyros
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-4)
     for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prior,scored", [("normal", {"x"}), ("learned-normal", {"x"}), ("mog", {"x", "z"})])
+def test_the_analytic_loss_scores_only_what_it_uses(prior, scored, monkeypatch):
+    """Beside a closed-form KL, log q(z) and log p(z) are not part of TraceMeanField_ELBO's loss: the sync-free
+    version does not compute them (Pyro's computes both, then drops them). Without a closed form (a mixture
+    prior) it scores z under both, as Pyro does."""
+    vae = build_vae((1, 4, 4), z_dim=3, hidden=(8,), prior=prior)
+    x = torch.bernoulli(torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    seen: list[str] = []
+    compute = pyro.poutine.trace_struct.Trace.compute_log_prob
+    score = pyro.poutine.trace_struct.Trace.compute_score_parts
+
+    def spy_log_prob(self, site_filter=lambda name, site: True):
+        seen.extend(n for n, s in self.nodes.items() if s["type"] == "sample" and site_filter(n, s))
+        return compute(self, site_filter)
+
+    def spy_score(self):
+        seen.extend(n for n, s in self.nodes.items() if s["type"] == "sample")
+        return score(self)
+
+    monkeypatch.setattr(pyro.poutine.trace_struct.Trace, "compute_log_prob", spy_log_prob)
+    monkeypatch.setattr(pyro.poutine.trace_struct.Trace, "compute_score_parts", spy_score)
+    with pyro.validation_enabled(False), vae.registration(False):
+        a, _ = loss_and_grads(SyncFreeTraceMeanField_ELBO(), vae.model, vae.guide, list(vae.parameters()), x, 3)
+        assert set(seen) == scored
+        seen.clear()
+        b, _ = loss_and_grads(TraceMeanField_ELBO(), vae.model, vae.guide, list(vae.parameters()), x, 3)
+        assert set(seen) == {"x", "z"}  # Pyro's scores every site (the spy sees what it would skip)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
