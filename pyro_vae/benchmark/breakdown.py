@@ -1,6 +1,6 @@
 """Where one training step's time goes beyond the plain-PyTorch floor.
 
-Six variants of the same step (MLP 784-400-50, the same batch, forward, backward, ``torch.optim.Adam``),
+Seven variants of the same step (MLP 784-400-50, the same batch, forward, backward, ``torch.optim.Adam``),
 each adding one layer of what this library's step does to the one before, timed interleaved in one
 process; the difference between neighbours is that layer's cost:
 
@@ -15,10 +15,13 @@ process; the difference between neighbours is that layer's cost:
    Pyro's own ``get_importance_trace``: this library's step before the lean hot path;
 6. ``ours``: the library's step as :func:`pyro_vae.training.run_epoch` runs it: lean distributions
    (:mod:`pyro_vae.parts.lean`), the ``"data"`` plate without its subsample site
-   (:class:`pyro_vae.models.DataPlate`), and traces built without copies.
+   (:class:`pyro_vae.models.DataPlate`), and traces built without copies;
+7. ``ours-analytic``: the same with ``TraceMeanField_ELBO``: the floor's closed-form KL, through Pyro's
+   traces (against ``ours``, the closed form's cost over the Monte-Carlo arithmetic).
 
-The two ends, ``floor`` and ``ours``, are then profiled: aten operators per step and their own time
-(torch.profiler), and the Python functions' own time per step by where they live (cProfile).
+The two ends, ``floor`` and ``ours`` (and ``ours-analytic``), are then profiled: aten operators per step
+and their own time (torch.profiler), and the Python functions' own time per step by where they live
+(cProfile).
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ import torch
 import torch.nn.functional as F
 from pyro.infer.enum import get_importance_trace
 
-VARIANTS = ("floor", "mc-kl", "distributions", "pyro-no-plate", "pyro-classic", "ours")
+VARIANTS = ("floor", "mc-kl", "distributions", "pyro-no-plate", "pyro-classic", "ours", "ours-analytic")
 LAYERS = {
     "mc-kl": "Monte-Carlo KL arithmetic (log q - log p at z) instead of the closed form",
     "distributions": "torch distribution objects (Normal/Bernoulli .to_event) around the same densities",
     "pyro-no-plate": "Pyro's traces: guide traced, model replayed, per-site messengers and log densities",
     "pyro-classic": "the 'data' plate (its subsample site, broadcasting every site) and Pyro's trace copies",
     "ours": "lean distributions, plate without subsample site, copy-free traces (negative: time removed)",
+    "ours-analytic": "ours with TraceMeanField_ELBO: the floor's closed-form KL instead of the Monte-Carlo one",
 }
 
 
@@ -60,7 +64,10 @@ def _classic(vae: Any) -> Any:
 
 
 def _loss_functions(vae: Any, elbo: Any) -> dict[str, tuple[Any, Callable[[torch.Tensor], torch.Tensor]]]:
+    from pyro_vae.objectives import make_elbo
+
     enc, dec = vae.encoder, vae.decoder
+    analytic = make_elbo("analytic")
     z_dim = vae.prior.loc.shape[-1]
 
     def floor(x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +119,7 @@ def _loss_functions(vae: Any, elbo: Any) -> dict[str, tuple[Any, Callable[[torch
         "pyro-no-plate": (vae, lambda x: pyros.differentiable_loss(model_no_plate, guide_no_plate, x)),
         "pyro-classic": (classic, lambda x: pyros.differentiable_loss(classic.model, classic.guide, x)),
         "ours": (vae, lambda x: elbo.differentiable_loss(vae.model, vae.guide, x)),
+        "ours-analytic": (vae, lambda x: analytic.differentiable_loss(vae.model, vae.guide, x)),
     }
 
 
@@ -212,7 +220,7 @@ def _breakdown(
 
 
 # the two ends of the breakdown, profiled operator by operator and function by function
-PROFILED = ("floor", "ours")
+PROFILED = ("floor", "ours", "ours-analytic")
 
 # where a Python function's own time is counted: the first group whose marker is in its file's path
 _GROUPS = (

@@ -368,7 +368,7 @@ def _run_paths(cfg: BenchmarkConfig, progress: bool) -> dict[str, Any]:
 
 def format_results(result: dict[str, Any]) -> str:
     """The benchmark as a text table."""
-    width = max(16, *(len(r["path"]) for r in result["rows"]))
+    width = max([16, *(len(r["path"]) for r in result["rows"])])
     lines = [
         f"device: {result['device']}   torch {result['torch']}   pyro {result['pyro']}",
         f"batch {result['config']['batch_size']}, MLP 784-400-50, {result['config']['repeats']} interleaved repeats "
@@ -389,8 +389,10 @@ def format_results(result: dict[str, Any]) -> str:
             f"{PATH_NOTES[r['path']]}"
         )
     lines.append("")
-    ratio_width = max(28, *(len(k) for k in result["ratios"]))
+    ratio_width = max([28, *(len(k) for k in result["ratios"])])
     lines += [f"time ratio {k:{ratio_width}s} {v:.2f}" for k, v in result["ratios"].items()]
+    if not result["ratios"]:  # e.g. --paths pytorch alone: nothing of ours beside a reference
+        lines.append("time ratios: none (the rows include no `ours-*` row beside a reference row)")
     e = result["evaluation"]
     lines += [
         "",
