@@ -365,8 +365,9 @@ def test_bernoulli_log_prob_broadcasts_and_its_gradient_comes_back_in_each_shape
     ],
 )
 def test_bernoulli_log_prob_in_cache_sized_blocks_is_the_same_function(logit_shape, x_shape, monkeypatch):
-    # evaluation's large inputs are scored in blocks along the first dimension: the blocked forward must be
-    # the very same numbers (bit for bit: the same elementwise operators) and the same float64 values and
+    # evaluation's large inputs are scored in blocks along the first dimension: the blocked forward is the
+    # same elementwise operators, so the same numbers to float rounding (where a block ends inside a SIMD
+    # vector, the scalar tail may round an exp or log differently), and the same float64 values and
     # gradients as the exact formula, for every block size, remainder and broadcast
     import pyro_vae.parts.lean as lean
 
@@ -377,12 +378,12 @@ def test_bernoulli_log_prob_in_cache_sized_blocks_is_the_same_function(logit_sha
     (grad_whole,) = torch.autograd.grad(whole.sum(), logits)
     monkeypatch.setattr(lean, "_BLOCK_ELEMENTS", 50)
     blocked = bernoulli_log_prob(logits, x)
-    assert torch.equal(blocked, whole)
+    eps32 = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(blocked, whole, rtol=2 * eps32, atol=torch.finfo(torch.float32).tiny)
     (grad_blocked,) = torch.autograd.grad(blocked.sum(), logits)
-    assert torch.equal(grad_blocked, grad_whole)
+    assert torch.equal(grad_blocked, grad_whole)  # the backward pass runs on the whole tensors
     ld, xd = torch.broadcast_tensors(logits.detach().double(), x.double())
     exact = (xd * ld - ld.clamp(min=0)) - torch.log1p(torch.exp(-ld.abs()))
-    eps32 = torch.finfo(torch.float32).eps
     assert ((blocked.double() - exact).abs() <= 4 * eps32 * exact.abs() + torch.finfo(torch.float32).tiny).all()
     # float32 gradient terms (each within an ulp of 1) summed over the broadcast copies
     reference = (xd - torch.sigmoid(ld)).sum_to_size(logits.shape)

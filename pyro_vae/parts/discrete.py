@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributions.utils import broadcast_all
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.parts.blocks import in_blocks
 
 # the scales the decoder can produce, in pixel units: below 0.01 a bin already holds all but e^-50 of
 # the mass; above 256 a bin's mass (~1/(4s)) starts to lose digits to float32 cancellation
@@ -45,8 +46,13 @@ def discretized_logistic_log_prob(value: torch.Tensor, loc: torch.Tensor, scale:
     The bin's mass is F(u) − F(l) with u, l = (value ± ½ − loc) / scale. Right of the location it is
     computed as F(−l) − F(−u), the same number by the logistic's symmetry, so one formula,
     log F(a) + log(1 − F(b)/F(a)) with a > b both left of the centre, serves both tails. The end bins
-    take the tails: log F(u) at 0 and log F(−l) at 255 (b = −∞).
+    take the tails: log F(u) at 0 and log F(−l) at 255 (b = −∞). Evaluation's large inputs are scored in
+    cache-sized blocks (:func:`pyro_vae.parts.blocks.in_blocks`).
     """
+    return in_blocks(_discretized_logistic_log_prob, value, loc, scale)
+
+
+def _discretized_logistic_log_prob(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     centred = value - loc
     up, lo = (centred + 0.5) / scale, (centred - 0.5) / scale
     left = value < loc

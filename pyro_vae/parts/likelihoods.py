@@ -17,15 +17,17 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions.utils import broadcast_all
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.parts.autoregressive import AutoregressiveMixtureLikelihood
+from pyro_vae.parts.blocks import in_blocks
 from pyro_vae.parts.discrete import (
     DecoderLogisticLikelihood,
     DiscretizedLogistic,
     DiscretizedMixtureLikelihood,
 )
-from pyro_vae.parts.lean import BernoulliLogits
+from pyro_vae.parts.lean import BernoulliLogits, bernoulli_log_prob
 from pyro_vae.parts.registry import Registry
 
 
@@ -135,9 +137,26 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
     def _cont_bern_log_norm(self) -> torch.Tensor:
         return continuous_bernoulli_log_norm(self.logits)
 
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # torch's x·l − softplus(l) + log C; on the CPU the first terms from exp and log
+        # (pyro_vae.parts.lean.bernoulli_log_prob; torch's go through the scalar-loop log_sigmoid), and
+        # evaluation's large inputs in cache-sized blocks
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        if logits.device.type == "cpu":
+            return in_blocks(_continuous_bernoulli_log_prob, logits, value)
+        cross = -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return cross + self._cont_bern_log_norm()
+
     @property
     def mean(self) -> torch.Tensor:
         return continuous_bernoulli_mean(self.logits)
+
+
+def _continuous_bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    # x·l − softplus(l) + log C(l), elementwise
+    return bernoulli_log_prob(logits, value) + continuous_bernoulli_log_norm(logits)
 
 
 class ContinuousBernoulliLikelihood(nn.Module):
