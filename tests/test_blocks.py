@@ -79,6 +79,10 @@ def test_split_only_without_gradients_and_only_when_large(monkeypatch):
     with torch.no_grad():
         discretized_logistic_log_prob(value, loc[:128], scale[:128])  # a training-sized batch: one piece
     assert calls == [(128, 784)]
+    calls.clear()
+    with torch.no_grad():  # another device (meta: shapes only, as a GPU would take it): one piece, no launches added
+        out = discretized_logistic_log_prob(value.to("meta"), loc.to("meta"), scale.to("meta"))
+    assert calls == [(1000, 784)] and out.shape == (1000, 784)
 
 
 def test_the_continuous_bernoulli_density_is_torchs_in_float64_and_close_in_float32():

@@ -20,17 +20,19 @@ BLOCK_ELEMENTS = 2**18
 
 def in_blocks(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
     """``fn(*tensors)`` for an elementwise ``fn``, computed over blocks of about :data:`BLOCK_ELEMENTS`
-    along the first dimension of the broadcast inputs when no gradient is recorded (evaluation); in one
-    piece otherwise (training batches are small, and autograd keeps its graph whole). The same operators
-    on the same values: equal to float rounding (torch may round an element's ``exp`` or ``log`` on a SIMD
-    or a scalar path depending on the block's shape).
+    along the first dimension of the broadcast inputs on the CPU when no gradient is recorded (evaluation);
+    in one piece otherwise: on a GPU, whose kernel launches the blocks would only multiply, and in training,
+    whose batches are small and whose autograd graph stays whole. The same operators on the same values:
+    equal to float rounding (torch may round an element's ``exp`` or ``log`` on a SIMD or a scalar path
+    depending on the block's shape).
 
     :param fn: elementwise in its arguments (each output entry depends on the same entry of each input).
     :param tensors: its arguments.
     """
     tensors = torch.broadcast_tensors(*tensors)
     first = tensors[0]
-    if first.dim() == 0 or first.numel() <= 2 * BLOCK_ELEMENTS:
+    # a GPU streams the whole chunk through its own memory hierarchy: blocks would only add kernel launches
+    if first.device.type != "cpu" or first.dim() == 0 or first.numel() <= 2 * BLOCK_ELEMENTS:
         return fn(*tensors)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return fn(*tensors)
