@@ -115,6 +115,11 @@ class TrainConfig:
     )
     # factor applied at each milestone; 10**(-1/5) in pythae's, 10**(-1/7) in IWAE's
     lr_gamma: float = setting(0.1, "factor at each `lr_milestones` epoch")
+    # decoupled weight decay (AdamW) of the layers' weights, against overfitting a fixed training set
+    # (binarized MNIST); decoupled so its pull does not depend on the loss being summed over a batch
+    weight_decay: float = setting(
+        0.0, "decoupled (AdamW) weight decay of the weight matrices and kernels; 0 leaves them alone"
+    )
     # clip the gradient norm to this; None leaves gradients alone
     clip_grad: float | None = setting(None, "clip the gradient norm to this value")
     # "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
@@ -314,7 +319,12 @@ class TrainConfig:
         _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. `likelihood_scale=0.1`")
         if self.validation < 0:
             raise ConfigError(f"`validation` must be >= 0, got {self.validation}")
-        for name, example in (("beta", "e.g. `beta=1`"), ("warmup", "e.g. `warmup=5`"), ("free_bits", "e.g. 0.1")):
+        for name, example in (
+            ("beta", "e.g. `beta=1`"),
+            ("warmup", "e.g. `warmup=5`"),
+            ("free_bits", "e.g. 0.1"),
+            ("weight_decay", "e.g. `weight_decay=0.01`"),
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_named(name)} must be a finite number >= 0, got {value}; {example}")

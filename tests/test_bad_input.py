@@ -105,6 +105,9 @@ NONFINITE = [
     (["--warmup", "inf", "--kl-schedule", "linear"], "--warmup must be a finite number >= 0"),
     (["--warmup", "nan"], "--warmup must be a finite number >= 0"),
     (["--clip-grad", "inf"], "--clip-grad must be a finite number > 0"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
+    (["--weight-decay=-0.01"], "--weight-decay must be a finite number >= 0"),
     (["--epochs", "inf"], "invalid int value"),
 ]
 

@@ -300,7 +300,7 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         vae=vae,
         elbo=make_elbo(config.elbo, config.particles, config.free_bits),
         heldout_elbo=make_elbo(config.elbo, config.particles),  # the real bound, free bits or not
-        optimizer=make_optimizer(vae.parameters(), config.lr),
+        optimizer=make_optimizer(vae.parameters(), config.lr, config.weight_decay),
         generator=generator,
         batches=batches,
         val=None if val is None else val.to(device),
