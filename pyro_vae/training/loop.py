@@ -188,17 +188,17 @@ def run_epoch(
     return EpochProgress(summed(now), step, taken, nonfinite=nonfinite)
 
 
-def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The training loop's Adam. With every parameter a float tensor on the CPU it is torch's fused kernel
     (``fused=True``): the same update, one pass per tensor instead of about ten elementwise ops each, so a
     step of the MNIST MLP spends 0.5 ms in Adam instead of 2.0 (measured, README). Elsewhere torch's
     default (the multi-tensor kernels on CUDA), which the CUDA-graph capture was written for. A resumed run
     keeps the mode its checkpoint's optimiser state records.
 
-    With ``weight_decay`` > 0 it is AdamW (decoupled decay, ``θ ← θ (1 − lr·λ)`` before each Adam step) on
-    the tensors of two or more dimensions: the layers' weight matrices and kernels, and a VampPrior's
-    pseudo-inputs. Biases, norm parameters and learned scales are not decayed (nanoGPT's rule). Decoupled,
-    so its strength does not depend on the loss being summed over the batch.
+    With ``weight_decay`` > 0 it is ``torch.optim.AdamW``: decoupled decay, ``θ ← θ (1 − lr·λ)`` before
+    each Adam step, of the tensors of two or more dimensions (the layers' weight matrices and kernels, and
+    a VampPrior's pseudo-inputs). Biases, norm parameters and learned scales are not decayed (nanoGPT's
+    rule). Decoupled, so its strength does not depend on the loss being summed over the batch.
 
     :param params: the parameters to step.
     :param lr: the step size.
@@ -214,7 +214,7 @@ def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: floa
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr, fused=fused, decoupled_weight_decay=True)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused)
 
 
 def _all_finite(params: list[torch.Tensor]) -> torch.Tensor:
