@@ -14,7 +14,7 @@ A non-finite loss or gradient stops the run at the next check with the last good
 """
 
 from pyro_vae.training.guard import NonFiniteLoss
-from pyro_vae.training.loop import ELBOLoss, EpochProgress, heldout_loss, make_optimizer, run_epoch
+from pyro_vae.training.loop import ELBOLoss, EpochProgress, heldout_loss, layer_weights, make_optimizer, run_epoch
 from pyro_vae.training.run import Interrupted, TrainResult, resume, train
 from pyro_vae.training.setup import check_image_data, describe_objective, resolve_device
 
@@ -27,6 +27,7 @@ __all__ = [
     "check_image_data",
     "describe_objective",
     "heldout_loss",
+    "layer_weights",
     "make_optimizer",
     "resolve_device",
     "resume",

@@ -188,7 +188,20 @@ def run_epoch(
     return EpochProgress(summed(now), step, taken, nonfinite=nonfinite)
 
 
-def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def layer_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The weight matrices and kernels of ``module``'s linear and convolution layers (masked ones included):
+    what ``weight_decay`` decays. Biases, norm parameters, prior parameters (a VampPrior's pseudo-inputs, a
+    mixture's means and scales) and learned likelihood scales are left out.
+
+    :param module: a VAE, or any module.
+    """
+    layers = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+    return [m.weight for m in module.modules() if isinstance(m, layers) and isinstance(m.weight, torch.nn.Parameter)]
+
+
+def make_optimizer(
+    params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0, decayed: Iterable[torch.Tensor] = ()
+) -> torch.optim.Optimizer:
     """The training loop's Adam. With every parameter a float tensor on the CPU it is torch's fused kernel
     (``fused=True``): the same update, one pass per tensor instead of about ten elementwise ops each, so a
     step of the MNIST MLP spends 0.5 ms in Adam instead of 2.0 (measured, README). Elsewhere torch's
@@ -196,13 +209,14 @@ def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: floa
     keeps the mode its checkpoint's optimiser state records.
 
     With ``weight_decay`` > 0 it is ``torch.optim.AdamW``: decoupled decay, ``θ ← θ (1 − lr·λ)`` before
-    each Adam step, of the tensors of two or more dimensions (the layers' weight matrices and kernels, and
-    a VampPrior's pseudo-inputs). Biases, norm parameters and learned scales are not decayed (nanoGPT's
-    rule). Decoupled, so its strength does not depend on the loss being summed over the batch.
+    each Adam step, of the tensors in ``decayed`` (training passes :func:`layer_weights`); the other
+    parameters get Adam's step alone. Decoupled, so the decay's strength does not depend on the loss being
+    summed over the batch.
 
     :param params: the parameters to step.
     :param lr: the step size.
     :param weight_decay: λ, the decay per unit of step size; 0 (default) is plain Adam, one parameter group.
+    :param decayed: the parameters (of ``params``) that ``weight_decay`` applies to.
     """
     params = list(params)
     cpu = bool(params) and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
@@ -210,9 +224,10 @@ def make_optimizer(params: Iterable[torch.Tensor], lr: float, weight_decay: floa
     if not weight_decay:
         # one group, as checkpoints written before weight decay existed hold
         return torch.optim.Adam(params, lr=lr, fused=fused)
+    chosen = {id(p) for p in decayed}
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if id(p) in chosen], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in chosen], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused)
 

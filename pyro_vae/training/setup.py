@@ -33,7 +33,7 @@ from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, set_threads, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
-from pyro_vae.training.loop import make_optimizer
+from pyro_vae.training.loop import layer_weights, make_optimizer
 
 
 def describe_objective(vae: VAE, config: TrainConfig) -> str:
@@ -300,7 +300,7 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         vae=vae,
         elbo=make_elbo(config.elbo, config.particles, config.free_bits),
         heldout_elbo=make_elbo(config.elbo, config.particles),  # the real bound, free bits or not
-        optimizer=make_optimizer(vae.parameters(), config.lr, config.weight_decay),
+        optimizer=make_optimizer(vae.parameters(), config.lr, config.weight_decay, layer_weights(vae)),
         generator=generator,
         batches=batches,
         val=None if val is None else val.to(device),
