@@ -124,10 +124,23 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
     return go
 
 
+def _stdout_gone() -> None:
+    """The reader of standard output has gone (``... | head``): send what is still buffered to /dev/null,
+    so the exit's flush cannot raise again, and let the command stop quietly, as Unix tools do. A training
+    run stopped this way keeps its last checkpoint."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real descriptor (captured output): nothing is left to flush into a pipe
+        pass
+
+
 def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
     """Run ``fn``; a user error is one line on stderr and exit 2, its settings spelled as flags
-    (``aliases``: settings whose flag is named otherwise). Warnings from torch, Pyro and torchvision
-    are held back: shown after a run that succeeds, dropped around a one-line error."""
+    (``aliases``: settings whose flag is named otherwise). A closed standard output ends it quietly, exit 1.
+    Warnings from torch, Pyro and torchvision are held back: shown after a run that succeeds, dropped
+    around a one-line error."""
     from pyro_vae.distributed import RankFailure, main_process
     from pyro_vae.training import Interrupted
 
@@ -135,6 +148,10 @@ def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
         warnings.simplefilter("default")
         try:
             fn()
+            sys.stdout.flush()  # a reader that left (`| head`) shows up here, not in the interpreter's exit
+        except BrokenPipeError:
+            _stdout_gone()
+            return 1
         except Interrupted as exc:
             if main_process():  # under torchrun every rank stopped at the same step; rank 0 says so
                 print(str(exc), file=sys.stderr)

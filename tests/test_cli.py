@@ -2,6 +2,7 @@
 running every command."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,22 @@ def test_resume_takes_a_time_limit_of_its_own(idx_root, tmp_path, capsys):
     metrics = (run / "metrics.csv").read_text().strip().splitlines()
     assert [line.split(",")[0] for line in metrics[1:]] == ["1", "2"]
     assert json.loads((run / "config.json").read_text())["time_limit"] == 5  # the record keeps the run's own
+
+
+def test_a_reader_that_leaves_stops_a_command_quietly(idx_root, tmp_path):
+    """``... | head``: the reader closes the pipe; the command stops with exit 1 and nothing on stderr, not
+    a BrokenPipeError traceback. The read end is closed before the command starts, so every write fails."""
+    run = tmp_path / "run"
+    train = [*("train", "--data-dir", str(idx_root), "--no-download", "--epochs", "1", "--batch-size", "16")]
+    train += ["--z-dim", "2", "--no-progress", "--out", str(run)]
+    assert subprocess.run([sys.executable, "-m", "pyro_vae", *train], cwd=ROOT, capture_output=True).returncode == 0
+    for args in (["reproduce", "--list"], ["evaluate", str(run), "--k", "2", "--no-progress"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            p = subprocess.run(
+                [sys.executable, "-m", "pyro_vae", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True
+            )
+        finally:
+            os.close(write)
+        assert (p.returncode, p.stderr) == (1, ""), (args, p.stderr)
