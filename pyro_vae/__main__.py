@@ -14,7 +14,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(f"usage: python -m pyro_vae {{{','.join(COMMANDS)}}} [flags]; add --help after a command for its flags")
+        usage = f"usage: python -m pyro_vae {{{','.join(COMMANDS)}}} [flags]; add --help after a command for its flags"
+        # asked for (--help): standard output, exit 0; no command at all: a usage error, stderr and exit 2
+        try:
+            print(usage, file=sys.stdout if args else sys.stderr, flush=True)
+        except BrokenPipeError:
+            cli._stdout_gone()
+            return 1
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command not in COMMANDS:

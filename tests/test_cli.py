@@ -103,7 +103,7 @@ def test_a_reader_that_leaves_stops_a_command_quietly(idx_root, tmp_path):
     train = [*("train", "--data-dir", str(idx_root), "--no-download", "--epochs", "1", "--batch-size", "16")]
     train += ["--z-dim", "2", "--no-progress", "--out", str(run)]
     assert subprocess.run([sys.executable, "-m", "pyro_vae", *train], cwd=ROOT, capture_output=True).returncode == 0
-    for args in (["reproduce", "--list"], ["evaluate", str(run), "--k", "2", "--no-progress"]):
+    for args in (["--help"], ["reproduce", "--list"], ["evaluate", str(run), "--k", "2", "--no-progress"]):
         read, write = os.pipe()
         os.close(read)
         try:
@@ -113,3 +113,11 @@ def test_a_reader_that_leaves_stops_a_command_quietly(idx_root, tmp_path):
         finally:
             os.close(write)
         assert (p.returncode, p.stderr) == (1, ""), (args, p.stderr)
+
+
+def test_no_command_is_a_usage_error_on_stderr():
+    p = subprocess.run([sys.executable, "-m", "pyro_vae"], cwd=ROOT, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr.startswith("usage: python -m pyro_vae {train,evaluate,benchmark,reproduce}")
+    p = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (0, "") and p.stdout.startswith("usage: python -m pyro_vae")
