@@ -105,7 +105,7 @@ def test_the_table_formats_any_selection_of_rows(paths):
     # a run of one row, or of rows with no `ours` beside a reference, has no ratio: the table says so
     # instead of failing after the timing is done
     from pyro_vae.benchmark import BenchmarkConfig, format_results
-    from pyro_vae.benchmark.run import REFERENCES
+    from pyro_vae.benchmark.config import REFERENCES
 
     row = dict(images_per_second=1.0, seconds_per_epoch=2.0, peak_memory_mb=3.0, test_neg_elbo=100.0)
     ratios = {f"{o}/{r}": 1.0 for o in paths if o.startswith("ours") for r in paths if r in REFERENCES}

@@ -4,15 +4,8 @@ per-image loop (:mod:`~pyro_vae.benchmark.run`); and where one step's time goes 
 (:mod:`~pyro_vae.benchmark.breakdown`)."""
 
 from pyro_vae.benchmark.breakdown import format_breakdown, step_breakdown
-from pyro_vae.benchmark.run import (
-    PATH_NOTES,
-    PATHS,
-    REFERENCES,
-    BenchmarkConfig,
-    format_results,
-    run_benchmark,
-    save,
-)
+from pyro_vae.benchmark.config import PATH_NOTES, PATHS, REFERENCES, BenchmarkConfig
+from pyro_vae.benchmark.run import format_results, run_benchmark, save
 
 __all__ = [
     "PATHS",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from pyro_vae.benchmark.run import BenchmarkConfig
+    from pyro_vae.benchmark.config import BenchmarkConfig
 
 
 def binarize_sample(x: torch.Tensor) -> torch.Tensor:
