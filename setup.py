@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "pyro-vae-train=pyro_vae.cli:train_main",
             "pyro-vae-evaluate=pyro_vae.cli:evaluate_main",
+            "pyro-vae-pictures=pyro_vae.cli:pictures_main",
             "pyro-vae-benchmark=pyro_vae.cli:benchmark_main",
             "pyro-vae-reproduce=pyro_vae.cli:reproduce_main",
         ],

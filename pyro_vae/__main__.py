@@ -1,4 +1,4 @@
-"""``python -m pyro_vae train|evaluate|benchmark|reproduce [flags]``: the four commands in one entry point."""
+"""``python -m pyro_vae train|evaluate|pictures|benchmark|reproduce [flags]``: the five commands in one entry point."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("train", "evaluate", "benchmark", "reproduce")
+COMMANDS = ("train", "evaluate", "pictures", "benchmark", "reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = {
         "train": cli.train_main,
         "evaluate": cli.evaluate_main,
+        "pictures": cli.pictures_main,
         "benchmark": cli.benchmark_main,
         "reproduce": cli.reproduce_main,
     }[command]

@@ -248,22 +248,53 @@ def _flag(dest: str) -> str:
     )
 
 
+def _fields_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """A command whose flags are the fields of the settings dataclass ``cls``; ``run_dir`` is positional."""
+    p = _Parser(prog=prog, description=description)
+    for f in dataclasses.fields(cls):
+        if f.name == "run_dir":
+            p.add_argument("run_dir", help=f.metadata["help"])
+        else:
+            _setting_flag(p.add_argument, f)
+    return p
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     """``pyro-vae-evaluate``'s flags: one per :class:`pyro_vae.evaluate.EvalConfig` field."""
     from pyro_vae.evaluate import EvalConfig
 
-    p = _Parser(
-        prog="pyro-vae-evaluate",
-        description="Held-out ELBO (both KL estimators) and importance-sampled log-likelihood of a trained run.",
+    p = _fields_parser(
+        EvalConfig,
+        "pyro-vae-evaluate",
+        "Held-out ELBO (both KL estimators) and importance-sampled log-likelihood of a trained run.",
     )
-    a = p.add_argument
-    for f in dataclasses.fields(EvalConfig):
-        if f.name == "run_dir":
-            a("run_dir", help=f.metadata["help"])
-        else:
-            _setting_flag(a, f)
-    _dist_flag(a)
+    _dist_flag(p.add_argument)
     return p
+
+
+def pictures_parser() -> argparse.ArgumentParser:
+    """``pyro-vae-pictures``'s flags: one per :class:`pyro_vae.pictures.PicturesConfig` field."""
+    from pyro_vae.pictures import PicturesConfig
+
+    return _fields_parser(
+        PicturesConfig,
+        "pyro-vae-pictures",
+        "Draw a trained run: samples, reconstructions, the latent plane, interpolations, the test encodings "
+        "coloured by label, and the KL and activity of every latent unit, as PNG files.",
+    )
+
+
+def pictures_main(argv: Sequence[str] | None = None) -> int:
+    """``pyro-vae-pictures``: the pictures of a run, written beside it (or to ``--out``)."""
+    args = vars(pictures_parser().parse_args(argv))
+
+    def go() -> None:
+        from pyro_vae.pictures import PicturesConfig, draw_pictures
+
+        paths = draw_pictures(PicturesConfig(**args))
+        print(f"wrote {len(paths)} pictures to {paths[0].parent}: {', '.join(p.name for p in paths)}")
+
+    return _run(go)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
