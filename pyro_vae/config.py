@@ -297,7 +297,7 @@ class TrainConfig:
         for h in self.hidden:
             _not_huge("hidden", h)
         if not self.data_dir:
-            raise ConfigError("`data_dir` is empty; pass the folder holding the data, e.g. `data_dir=../shared/data`")
+            raise ConfigError("`data_dir` is empty; pass the folder holding the data, e.g. `data_dir=./data`")
         if self.out is not None and not str(self.out).strip():
             raise ConfigError("`out` is empty; pass a folder name, or leave `out` out for runs/<name>-<time>")
         _finite_positive("lr", self.lr, "e.g. `lr=1e-3`")

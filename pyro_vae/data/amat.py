@@ -61,7 +61,7 @@ def load_binarized_mnist(options: DataOptions) -> RawData:
         raise DataError(
             f"binarized-mnist not found in {root} {why} (missing "
             f"{', '.join(f'binarized_mnist_{s}.amat(.gz)' for s in missing)}); point `data_dir` at the folder "
-            f"holding {FOLDER}/, e.g. `data_dir=../shared/data`"
+            f"holding {FOLDER}/ (offline: copy the files there from any machine)"
         )
     train, valid, test = (read_amat(_find(root, s)) for s in SPLITS)  # type: ignore[arg-type]
     no_labels = [torch.zeros(len(x), dtype=torch.long) for x in (train, valid, test)]  # the files carry none

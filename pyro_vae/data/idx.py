@@ -56,7 +56,7 @@ def load_raw(name: str, data_dir: str, download: bool = True) -> tuple[torch.Ten
             raise DataError(
                 f"{name} not found in {raw} and `download=False` is set (missing {', '.join(missing)}); expected "
                 f"{', '.join(f + '(.gz)' for f in _RAW_FILES)}; "
-                f"point `data_dir` at a folder holding {folder}/raw/, e.g. `data_dir=../shared/data`"
+                f"point `data_dir` at a folder holding {folder}/raw/ (offline: copy the files there from any machine)"
             )
     arrays = [_read_idx(_find(raw, f), 3 if "images" in f else 1) for f in _RAW_FILES]  # type: ignore[arg-type]
     for images, labels, stem in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
@@ -95,7 +95,7 @@ def _download(cls: type, data_dir: str, name: str, raw: Path, missing: list[str]
         raise DataError(
             f"{name} not found in {raw} and could not be downloaded ({type(exc).__name__}); missing "
             f"{', '.join(missing)}; expected {', '.join(f + '(.gz)' for f in _RAW_FILES)}; "
-            f"point `data_dir` at a folder holding {folder}/raw/, e.g. `data_dir=../shared/data`"
+            f"point `data_dir` at a folder holding {folder}/raw/ (offline: copy the files there from any machine)"
         ) from None
 
 
