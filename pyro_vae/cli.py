@@ -312,8 +312,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return _run(_distributed(go, args["device"], timeout), aliases={"ks": "k"})
 
 
-def benchmark_main(argv: Sequence[str] | None = None) -> int:
-    """``pyro-vae-benchmark``: time the training paths and the evaluation, print a table, write JSON."""
+def benchmark_parser() -> argparse.ArgumentParser:
+    """``pyro-vae-benchmark``'s flags, one per :class:`pyro_vae.benchmark.BenchmarkConfig` field, and more."""
     from pyro_vae.benchmark import PATH_NOTES, BenchmarkConfig
 
     d = BenchmarkConfig()
@@ -341,6 +341,14 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
     a("--threads", type=_int, default=d.threads, help="torch threads in every row (default: torch's, every core)")
     a("--breakdown", action="store_true", help="only time one step's layers beyond the PyTorch floor (CPU)")
     a("--out", default="benchmark.json", help="JSON file to write (default %(default)s)")
+    return p
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+    """``pyro-vae-benchmark``: time the training paths and the evaluation, print a table, write JSON."""
+    from pyro_vae.benchmark import BenchmarkConfig
+
+    p = benchmark_parser()
     args = vars(p.parse_args(argv))
     out = args.pop("out")
     breakdown = args.pop("breakdown")

@@ -22,6 +22,7 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.errors import ConfigError
 
+#: the objectives of `elbo`, by name
 OBJECTIVES = {
     "mc": "Trace_ELBO: Monte-Carlo KL",
     "analytic": "TraceMeanField_ELBO: closed-form KL where the prior has one, Monte-Carlo otherwise",
@@ -306,7 +307,7 @@ class FreeBitsELBO:
 
 def make_elbo(name: str, particles: int = 5, free_bits: float = 0.0) -> ELBO | IWAE_ELBO | FreeBitsELBO:
     """``"mc"`` -> ``Trace_ELBO``; ``"analytic"`` -> ``TraceMeanField_ELBO``; ``"iwae"`` -> :class:`IWAE_ELBO`;
-    with ``free_bits`` > 0, :class:`FreeBitsELBO` (not for ``"iwae"``, whose bound has no KL term)."""
+    with ``free_bits`` > 0, :class:`pyro_vae.objectives.FreeBitsELBO` (not for ``"iwae"``, whose bound has no KL term)."""
     if free_bits:
         if name == "iwae":
             raise ConfigError("`free_bits` applies to the ELBO's KL term; the IWAE bound has none: drop one of them")

@@ -25,7 +25,7 @@ from pyro_vae.images import DPI, _grid, _scale
 from pyro_vae.models import VAE
 from pyro_vae.parts.guides import GaussianPosterior
 
-# the files `pictures` writes, in this order
+#: the files `pictures` writes, in this order
 FILES = ("samples.png", "reconstructions.png", "latent_plane.png", "interpolations.png", "encodings.png", "kl.png")
 
 
@@ -33,17 +33,17 @@ FILES = ("samples.png", "reconstructions.png", "latent_plane.png", "interpolatio
 class PicturesConfig:
     """What to draw, from which run, and where; :meth:`validate` refuses a bad value before any work."""
 
-    # the run folder that pyro-vae-train wrote
+    #: the run folder that pyro-vae-train wrote
     run_dir: str = setting("", "run folder written by pyro-vae-train")
-    # apart from the run folder, so drawing never changes a run; None: RUN_DIR-pictures beside it
+    #: apart from the run folder, so drawing never changes a run; None: RUN_DIR-pictures beside it
     out: str | None = setting(None, "folder for the PNG files (default: RUN_DIR-pictures, beside the run)")
-    # None: the run's newest checkpoint
+    #: None: the run's newest checkpoint
     checkpoint: str | None = setting(None, "a checkpoint file of this run (default: its newest)")
-    # the data may have moved since training; their fingerprints must still match
+    #: the data may have moved since training; their fingerprints must still match
     data_dir: str | None = setting(None, "data root, if the data moved (default: the run's `data_dir`)")
-    # the encodings, the principal plane and the unit statistics use this many test images
+    #: the encodings, the principal plane and the unit statistics use this many test images
     limit: int = setting(2000, "test images for the encodings, the latent plane and the KL per unit")
-    # every draw (prior samples, draws of p(x|z), the images picked) follows from it
+    #: every draw (prior samples, draws of p(x|z), the images picked) follows from it
     seed: int = setting(0, "seed of every draw")
     device: str = setting("auto", "where to run the model", choices=DEVICES)
 
@@ -83,7 +83,7 @@ def check_out_folder(out: Path) -> None:
 
 
 def draw_pictures(config: PicturesConfig) -> list[Path]:
-    """Load ``config.run_dir`` with its held-out data and write the six pictures (:data:`FILES`).
+    """Load ``config.run_dir`` with its held-out data and write the six pictures (:data:`pyro_vae.pictures.FILES`).
 
     :returns: the files written.
     """
@@ -109,7 +109,7 @@ def draw_pictures(config: PicturesConfig) -> list[Path]:
 
 
 def make_figures(vae: VAE, x: torch.Tensor, labels: torch.Tensor, title: str, seed: int = 0) -> dict:
-    """The six figures (matplotlib ``Figure`` objects, keyed by the file names of :data:`FILES`) of ``vae``
+    """The six figures (matplotlib ``Figure`` objects, keyed by the file names of :data:`pyro_vae.pictures.FILES`) of ``vae``
     on the held-out images ``x`` (prepared for its likelihood, as :func:`pyro_vae.load_run_and_data` gives
     them) with their ``labels``. Drawn from ``seed`` in a forked RNG: the caller's random state is left as
     it was."""

@@ -72,6 +72,8 @@ def test_python_dash_m_runs_each_command(idx_root, tmp_path):
     assert p.returncode == 0, p.stderr
     p = m("evaluate", str(run), "--k", "2", "--no-progress")
     assert p.returncode == 0 and "IS K=2" in p.stdout, p.stderr
+    p = m("pictures", str(run), "--out", str(tmp_path / "pictures"))
+    assert p.returncode == 0 and "wrote 6 pictures" in p.stdout, p.stderr
     p = m("benchmark", "--help")
     assert p.returncode == 0 and "pyro-vae-benchmark" in p.stdout
     p = m("reproduce", "--list")
@@ -79,7 +81,7 @@ def test_python_dash_m_runs_each_command(idx_root, tmp_path):
     p = m("fly")
     assert (
         p.returncode == 2
-        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, benchmark, reproduce"
+        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, pictures, benchmark, reproduce"
     )
 
 

@@ -301,7 +301,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(tmp_path):
     "args,expect",
     [
         (["train", "--zdim", "3"], "error: unrecognized arguments: --zdim 3; see pyro-vae-train --help"),
-        (["trian"], "error: unknown command 'trian'; choose one of train, evaluate, benchmark, reproduce"),
+        (["trian"], "error: unknown command 'trian'; choose one of train, evaluate, pictures, benchmark, reproduce"),
         (["train", "--out", "r"], "error: mnist not found in"),  # no data offline: and no debris either
     ],
 )

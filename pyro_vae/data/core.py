@@ -26,7 +26,7 @@ class ImageData:
     :param train: uint8 intensities, shape ``(N, C, H, W)``, prepared per batch (a tensor in memory,
         or over a memory-mapped cache file).
     :param test: test images prepared once for ``kind``, float32, shape ``(M, C, H, W)``.
-    :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :mod:`pyro_vae.parts.likelihoods`).
+    :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`).
     :param valid: the dataset's own validation images (uint8), where it has a validation split.
     :param binary: the pixels are binary already (0 or 255): no random binarization is applied.
     """
@@ -87,7 +87,7 @@ def load_data(
     options: DataOptions | None = None,
     patches: int | None = None,
 ) -> ImageData:
-    """Load a dataset by name (see :data:`pyro_vae.data.DATASETS`) and prepare its test set once
+    """Load a dataset by name (see :data:`pyro_vae.data.registry.DATASETS`) and prepare its test set once
     for ``kind``. Binary test data are binarized on the CPU with a fixed seed (the whole test set,
     then ``limit_test``, so a limited run sees the same bits).
 

@@ -18,7 +18,7 @@ from pyro_vae.errors import DataError
 class DatasetSpec:
     """A dataset the command line knows by name.
 
-    :param load: reads it; every loader takes the same :class:`DataOptions`.
+    :param load: reads it; every loader takes the same :class:`pyro_vae.data.source.DataOptions`.
     :param layout: where its files are under ``--data-dir``, for help and errors.
     :param shape: ``(C, H, W)`` of one image, or ``None`` when it depends on the files and options.
     :param splits: the splits it has; ``valid`` is used to choose ``best.pt``.
@@ -33,6 +33,7 @@ class DatasetSpec:
     binary: bool = False
 
 
+#: every dataset by name: its loader, what it is, where its files live, its image shape and splits
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         load_mnist, "MNIST digits, 60,000 / 10,000, grayscale", "<dir>/MNIST/raw/*-ubyte(.gz)", (1, 28, 28)

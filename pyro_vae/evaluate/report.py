@@ -32,7 +32,7 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 def active_units(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, dict[str, int]]:
     """Active units per latent layer (Burda et al., 2016): the units whose posterior mean varies over
     the data, Var_x(E_q[u | x]) > 0.01. For a hierarchy the means of each layer are taken with the
-    layers they depend on at their means (:meth:`HierarchicalVAE.posterior_means`).
+    layers they depend on at their means (:meth:`pyro_vae.models.HierarchicalVAE.posterior_means`).
 
     :returns: ``{site: {"active": n, "units": d}}``.
     """

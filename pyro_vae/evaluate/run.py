@@ -20,29 +20,29 @@ from pyro_vae.resources import set_threads
 class EvalConfig:
     """What to score and how; :meth:`validate` refuses a bad value before anything is loaded."""
 
-    # the run folder that pyro-vae-train wrote
+    #: the run folder that pyro-vae-train wrote
     run_dir: str = setting("", "run folder written by pyro-vae-train")
-    # several K cost one pass of the largest: the first K draws of it
+    #: several K cost one pass of the largest: the first K draws of it
     k: tuple[int, ...] = setting((5000,), "importance samples K, one or more")
-    # binarized-mnist has a validation split; the others test and train
+    #: binarized-mnist has a validation split; the others test and train
     split: str = setting("test", "data to score; valid: binarized-mnist's", choices=("test", "train", "valid"))
-    # None: the run's newest checkpoint
+    #: None: the run's newest checkpoint
     checkpoint: str | None = setting(None, "a checkpoint file of this run (default: its newest)")
-    # the data may have moved since training; their fingerprints must still match
+    #: the data may have moved since training; their fingerprints must still match
     data_dir: str | None = setting(None, "data root, if the data moved (default: the run's `data_dir`)")
-    # a quick look before the full test set
+    #: a quick look before the full test set
     limit: int | None = setting(None, "score only the first N images")
-    # images per chunk of the IS pass; the ELBO passes take ten times as many
+    #: images per chunk of the IS pass; the ELBO passes take ten times as many
     batch_size: int = setting(100, "images per chunk")
-    # draws per image for the ELBO rows (the IS rows have K)
+    #: draws per image for the ELBO rows (the IS rows have K)
     elbo_particles: int = setting(1, "z draws per image for the ELBO")
-    # every draw of every batch follows from it, so a rerun gives the same figures
+    #: every draw of every batch follows from it, so a rerun gives the same figures
     seed: int = setting(0, "seed of every draw")
     device: str = setting("auto", "where to score", choices=DEVICES)
-    # None: the CPUs this process may use (affinity, cgroup quota), shared among torchrun's local ranks
+    #: None: the CPUs this process may use (affinity, cgroup quota), shared among torchrun's local ranks
     threads: int | None = setting(None, "CPU threads (default: the CPUs this process may use)")
     progress: bool = setting(True, "a progress bar over the IS pass")
-    # None: RUN_DIR/eval.json, which keeps every evaluation of the run
+    #: None: RUN_DIR/eval.json, which keeps every evaluation of the run
     out: str | None = setting(None, "JSON file to add the results to (default RUN_DIR/eval.json)")
 
     def validate(self) -> EvalConfig:

@@ -121,10 +121,10 @@ class BottomUpEncoder(nn.Module):
 
 
 class HierarchicalVAE(VAE):
-    """A VAE with L stochastic layers (see the module docstring); a :class:`VAE` in every other way:
+    """A VAE with L stochastic layers (see the module docstring); a :class:`pyro_vae.VAE` in every other way:
     the same ``kl_weight`` (scaling every latent site), ``registration``, pictures and evaluation.
 
-    :param encoder: a :class:`LadderEncoder` (``inference="ladder"``) or :class:`BottomUpEncoder`.
+    :param encoder: a ``LadderEncoder`` (``inference="ladder"``) or ``BottomUpEncoder``.
     :param decoder: ``z_1 -> `` likelihood parameters shaped ``(..., *event_shape)``.
     :param top_down: ``top_down[i]`` maps z_{i+2} to (loc, scale) of p(z_{i+1} | z_{i+2}).
     :param prior: the top prior p(z_L).

@@ -1,7 +1,7 @@
 """The VAE as a Pyro model and guide.
 
 ``model(x)``: z ~ p(z) (site ``"z"``), x ~ p(x|z) from the decoder (site ``"x"``),
-both inside the ``"data"`` plate over the batch (:class:`DataPlate`, ``pyro.plate("data", N)`` without
+both inside the ``"data"`` plate over the batch (``DataPlate``, ``pyro.plate("data", N)`` without
 its subsample site). ``guide(x)``: z ~ q(z|x) = Normal(loc, scale)
 from the encoder. Prior, likelihood and networks are injected modules, so each can
 be swapped without touching the rest.
@@ -49,7 +49,7 @@ class VAE(nn.Module):
     :param prior: module returning p(z) with ``event_shape (z_dim,)``.
     :param likelihood: module mapping decoder output to p(x|z).
     :param event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
-    :param posterior: the family of q(z|x) (:mod:`pyro_vae.parts.guides`): a module
+    :param posterior: the family of q(z|x) (``pyro_vae.parts.guides``): a module
         ``(loc, scale, context) -> distribution over z``; default the diagonal Gaussian.
 
     ``kl_weight`` (β, default 1) scales the latent site ``"z"`` in model and guide with
@@ -126,7 +126,7 @@ class VAE(nn.Module):
                 pyro.sample("z", self.posterior(loc, scale, context))
 
     def data_plate(self, x: torch.Tensor) -> pyro.plate:
-        """The ``"data"`` plate over the batch ``x`` that model and guide sample in (:class:`DataPlate`)."""
+        """The ``"data"`` plate over the batch ``x`` that model and guide sample in (``DataPlate``)."""
         return DataPlate(x.shape[0], x.device)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

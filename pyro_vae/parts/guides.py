@@ -103,7 +103,7 @@ class FlowPosterior(nn.Module):
         return z
 
 
-# the names of the command line; each is built from (z_dim, context_dim, flows, hidden)
+#: the names of the command line; each is built from (z_dim, context_dim, flows, hidden)
 GUIDES = Registry("guide")
 GUIDES.add(
     "gaussian", "diagonal Normal q(z|x) (no flow)", lambda z_dim, context_dim, flows, hidden: GaussianPosterior()

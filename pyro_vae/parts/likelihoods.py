@@ -70,7 +70,7 @@ class BernoulliLikelihood(nn.Module):
     """Independent Bernoulli pixels parameterised by **logits** (never probabilities).
 
     Expects binary data (0/1); grayscale intensities must be binarized first
-    (:func:`pyro_vae.data.binarize`) or modelled with :class:`ContinuousBernoulliLikelihood`.
+    (:func:`pyro_vae.binarize`) or modelled with :class:`ContinuousBernoulliLikelihood`.
     """
 
     data_kind = "binary"
@@ -252,7 +252,7 @@ class DecoderNormalLikelihood(nn.Module):
 class DiscretizedLogisticLikelihood(nn.Module):
     """Discretised logistic over 8-bit pixel values, with a learned scale per pixel **position** (a
     parameter, the same for every image): ``discretized-logistic-pixel``. The decoder-predicted scale of
-    :class:`pyro_vae.parts.discrete.DecoderLogisticLikelihood` trains far better; this one stays for
+    ``pyro_vae.parts.discrete.DecoderLogisticLikelihood`` trains far better; this one stays for
     comparison and for the runs trained with it.
 
     The decoder output o maps to the location 127.5 (1 + o) in pixel units, so o ∈ [−1, 1]
@@ -276,8 +276,8 @@ class DiscretizedLogisticLikelihood(nn.Module):
             raise DataError(f"discretized logistic likelihood needs whole 8-bit values in the {what}; found fractions")
 
 
-# the names of the command line: what each likelihood models; each is built from
-# (event_shape, scale, components): the fixed or initial scale, and a mixture's number of components
+#: the names of the command line: what each likelihood models; each is built from
+#: (event_shape, scale, components): the fixed or initial scale, and a mixture's number of components
 LIKELIHOODS = Registry("likelihood")
 LIKELIHOODS.add("bernoulli", "Bernoulli from logits on binarized pixels", lambda shape, scale, m: BernoulliLikelihood())
 LIKELIHOODS.add(
@@ -334,7 +334,7 @@ LIKELIHOODS.add(
 
 
 def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1, components: int = 10) -> nn.Module:
-    """The likelihood called ``name`` (see :data:`LIKELIHOODS`); ``scale`` is the fixed or initial scale,
+    """The likelihood called ``name`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`); ``scale`` is the fixed or initial scale,
     ``components`` the number of logistics of ``discretized-mixture``."""
     return LIKELIHOODS.build(name, event_shape, scale, components)
 

@@ -151,7 +151,7 @@ def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """Conv2d layers (LeakyReLU) as :class:`ConvSpec` says, an optional dense layer, a Gaussian head.
+    """Conv2d layers (LeakyReLU) as :class:`pyro_vae.parts.nets.ConvSpec` says, an optional dense layer, a Gaussian head.
     ``x: (N, C, H, W) -> (N, z_dim) x 2``; any image size and number of channels."""
 
     def __init__(self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV) -> None:
@@ -250,7 +250,7 @@ def build_networks(
     :param decoder_hidden: MLP decoder widths from z outwards; default: the encoder's reversed.
     :param conv: the convolutional stack of ``"conv"``.
     :param out_shape: what the decoder outputs per data point, when the likelihood wants more than one
-        map per channel (:func:`pyro_vae.parts.likelihoods.decoder_shape`); default ``event_shape``.
+        map per channel (``pyro_vae.parts.likelihoods.decoder_shape``); default ``event_shape``.
     """
     out = tuple(event_shape) if out_shape is None else tuple(out_shape)
     return NETWORKS.build(net, event_shape, z_dim, tuple(hidden), decoder_hidden, conv, out)
@@ -261,8 +261,8 @@ def _mlp(event_shape, z_dim, hidden, decoder_hidden, conv, out_shape) -> tuple[n
     return MLPEncoder(event_shape, z_dim, hidden), MLPDecoder(out_shape, z_dim, dec)
 
 
-# encoder/decoder pairs, each built from (event_shape, z_dim, hidden, decoder_hidden, conv, out_shape):
-# the decoder outputs out_shape (the likelihood's parameters) per data point
+#: encoder/decoder pairs, each built from (event_shape, z_dim, hidden, decoder_hidden, conv, out_shape):
+#: the decoder outputs out_shape (the likelihood's parameters) per data point
 NETWORKS = Registry("net")
 NETWORKS.add("mlp", "fully connected, ReLU, widths `hidden` (decoder mirrored or `decoder_hidden`)", _mlp)
 NETWORKS.add(

@@ -185,7 +185,7 @@ class VampPrior(nn.Module):
         return DiagonalGaussianMixture(torch.zeros(len(loc), device=loc.device), loc, scale)
 
 
-# CLI names: what each prior is, for --help and errors
+#: CLI names: what each prior is, for --help and errors
 PRIORS = Registry("prior")
 PRIORS.add("normal", "standard Normal N(0, I)", lambda z_dim, encoder, event_shape: StandardNormalPrior(z_dim))
 PRIORS.add(
@@ -208,7 +208,7 @@ PRIORS.add(
 
 
 def build_prior(name: str, z_dim: int, encoder: nn.Module, event_shape: Sequence[int]) -> nn.Module:
-    """The prior called ``name`` (see :data:`PRIORS`)."""
+    """The prior called ``name`` (see :data:`pyro_vae.parts.priors.PRIORS`)."""
     return PRIORS.build(name, z_dim, encoder, event_shape)
 
 

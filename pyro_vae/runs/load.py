@@ -102,7 +102,7 @@ def load_run_and_data(
     :param checkpoint: a checkpoint of this run (default its newest); one of another model or
         other data is refused.
     :param data_dir: where the data are now, if they moved (the fingerprints must still match).
-    :param data: the :class:`pyro_vae.data.ImageData` a run trained on in-memory data needs back.
+    :param data: the :class:`pyro_vae.ImageData` a run trained on in-memory data needs back.
     :param limit: only the first ``limit`` points of the split.
     :param parts: the custom modules the run was trained with (``prior=...`` etc.).
     """

@@ -22,7 +22,7 @@ def heldout_loss(vae: VAE, elbo: Any, x: torch.Tensor, batch_size: int = 1000) -
     (one z draw per point) for ``Trace_ELBO``/``TraceMeanField_ELBO``, −L_K for the IWAE bound.
 
     Under torchrun each rank scores its own contiguous share of ``x`` and the sums are all-reduced.
-    ``x`` is checked and converted as the evaluation functions do (:func:`pyro_vae.evaluate.prepare_inputs`)."""
+    ``x`` is checked and converted as the evaluation functions do (``pyro_vae.evaluate.estimators.prepare_inputs``)."""
     from pyro_vae.evaluate import prepare_inputs
 
     x = prepare_inputs(vae, x, batch_size)
