@@ -1,13 +1,20 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# one version, in pyro_vae/__init__.py
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("pyro_vae/__init__.py").read_text()).group(1)
 
 setup(
     name="pyro_vae",
-    version="0.1.0",
+    version=VERSION,
     description="Variational autoencoders as Pyro models and guides, trained with SVI",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pyro_vae", "pyro_vae.*"]),
     package_data={"pyro_vae.recipes": ["*.json"]},  # the recipes ship with the package
+    license="Apache-2.0",
     python_requires=">=3.10",
     install_requires=[
         "pyro-ppl>=1.9",
@@ -19,6 +26,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "pytest-xdist", "ruff", "nbclient", "nbformat", "ipykernel", "scikit-image", "scipy"],
+        # the documentation site: Sphinx with MyST pages, the notebooks rendered (not run), the furo theme
+        "docs": ["sphinx>=8", "myst-nb>=1.1", "myst-parser>=4", "furo"],
         # JupyterLab for working in the notebooks; the tests run them headless with nbclient
         "notebooks": ["jupyterlab", "ipykernel"],
     },

@@ -16,7 +16,7 @@ import pyro_vae  # noqa: E402
 
 project = "pyro_vae"
 author = "the pyro_vae authors"
-copyright = "2026, the pyro_vae authors"  # noqa: A001
+copyright = "2026, the pyro_vae authors"
 version = release = pyro_vae.__version__
 
 extensions = [

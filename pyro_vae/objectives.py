@@ -307,7 +307,8 @@ class FreeBitsELBO:
 
 def make_elbo(name: str, particles: int = 5, free_bits: float = 0.0) -> ELBO | IWAE_ELBO | FreeBitsELBO:
     """``"mc"`` -> ``Trace_ELBO``; ``"analytic"`` -> ``TraceMeanField_ELBO``; ``"iwae"`` -> :class:`IWAE_ELBO`;
-    with ``free_bits`` > 0, :class:`pyro_vae.objectives.FreeBitsELBO` (not for ``"iwae"``, whose bound has no KL term)."""
+    with ``free_bits`` > 0, :class:`pyro_vae.objectives.FreeBitsELBO` (not for ``"iwae"``, whose bound has no
+    KL term)."""
     if free_bits:
         if name == "iwae":
             raise ConfigError("`free_bits` applies to the ELBO's KL term; the IWAE bound has none: drop one of them")

@@ -109,8 +109,8 @@ def draw_pictures(config: PicturesConfig) -> list[Path]:
 
 
 def make_figures(vae: VAE, x: torch.Tensor, labels: torch.Tensor, title: str, seed: int = 0) -> dict:
-    """The six figures (matplotlib ``Figure`` objects, keyed by the file names of :data:`pyro_vae.pictures.FILES`) of ``vae``
-    on the held-out images ``x`` (prepared for its likelihood, as :func:`pyro_vae.load_run_and_data` gives
+    """The six figures (matplotlib ``Figure`` objects, keyed by the file names of :data:`pyro_vae.pictures.FILES`)
+    of ``vae`` on the held-out images ``x`` (prepared for its likelihood, as :func:`pyro_vae.load_run_and_data` gives
     them) with their ``labels``. Drawn from ``seed`` in a forked RNG: the caller's random state is left as
     it was."""
     device = x.device

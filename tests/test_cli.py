@@ -81,7 +81,8 @@ def test_python_dash_m_runs_each_command(idx_root, tmp_path):
     p = m("fly")
     assert (
         p.returncode == 2
-        and p.stderr.strip() == "error: unknown command 'fly'; choose one of train, evaluate, pictures, benchmark, reproduce"
+        and p.stderr.strip()
+        == "error: unknown command 'fly'; choose one of train, evaluate, pictures, benchmark, reproduce"
     )
 
 
@@ -120,6 +121,6 @@ def test_a_reader_that_leaves_stops_a_command_quietly(idx_root, tmp_path):
 def test_no_command_is_a_usage_error_on_stderr():
     p = subprocess.run([sys.executable, "-m", "pyro_vae"], cwd=ROOT, capture_output=True, text=True)
     assert (p.returncode, p.stdout) == (2, "")
-    assert p.stderr.startswith("usage: python -m pyro_vae {train,evaluate,benchmark,reproduce}")
+    assert p.stderr.startswith("usage: python -m pyro_vae {train,evaluate,pictures,benchmark,reproduce}")
     p = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert (p.returncode, p.stderr) == (0, "") and p.stdout.startswith("usage: python -m pyro_vae")

@@ -15,9 +15,18 @@ HERE = Path(__file__).resolve().parent
 # project -> [(name, role, page#anchor)]; "$" in the address stands for the name
 OBJECTS: dict[str, list[tuple[str, str, str]]] = {
     "python": [
-        *[(n, "py:class", "library/functions.html#$") for n in ("int", "float", "str", "bool", "dict", "list", "tuple", "object", "type")],
-        *[(n, "py:exception", "library/exceptions.html#$") for n in ("Exception", "ValueError", "TypeError", "KeyError", "OSError", "RuntimeError")],
-        *[(f"collections.abc.{n}", "py:class", "library/collections.abc.html#$") for n in ("Sequence", "Mapping", "Callable", "Iterator", "Iterable")],
+        *[
+            (n, "py:class", "library/functions.html#$")
+            for n in ("int", "float", "str", "bool", "dict", "list", "tuple", "object", "type")
+        ],
+        *[
+            (n, "py:exception", "library/exceptions.html#$")
+            for n in ("Exception", "ValueError", "TypeError", "KeyError", "OSError", "RuntimeError")
+        ],
+        *[
+            (f"collections.abc.{n}", "py:class", "library/collections.abc.html#$")
+            for n in ("Sequence", "Mapping", "Callable", "Iterator", "Iterable")
+        ],
         ("pathlib.Path", "py:class", "library/pathlib.html#$"),
         ("os.PathLike", "py:class", "library/os.html#$"),
         ("typing.Any", "py:data", "library/typing.html#$"),
@@ -38,20 +47,32 @@ OBJECTS: dict[str, list[tuple[str, str, str]]] = {
         ("torch.nn.ModuleList", "py:class", "generated/$.html#$"),
         ("nn.ModuleList", "py:class", "generated/torch.nn.ModuleList.html#torch.nn.ModuleList"),
         ("torch.optim.Optimizer", "py:class", "optim.html#$"),
-        ("torch.distributions.Distribution", "py:class", "distributions.html#torch.distributions.distribution.Distribution"),
+        (
+            "torch.distributions.Distribution",
+            "py:class",
+            "distributions.html#torch.distributions.distribution.Distribution",
+        ),
         ("torch.distributions.distribution.Distribution", "py:class", "distributions.html#$"),
     ],
     "pyro": [
         ("pyro.infer.elbo.ELBO", "py:class", "inference_algos.html#$"),
         ("pyro.infer.ELBO", "py:class", "inference_algos.html#pyro.infer.elbo.ELBO"),
         ("pyro.infer.Trace_ELBO", "py:class", "inference_algos.html#pyro.infer.trace_elbo.Trace_ELBO"),
-        ("pyro.infer.TraceMeanField_ELBO", "py:class", "inference_algos.html#pyro.infer.trace_mean_field_elbo.TraceMeanField_ELBO"),
+        (
+            "pyro.infer.TraceMeanField_ELBO",
+            "py:class",
+            "inference_algos.html#pyro.infer.trace_mean_field_elbo.TraceMeanField_ELBO",
+        ),
         ("pyro.infer.RenyiELBO", "py:class", "inference_algos.html#pyro.infer.renyi_elbo.RenyiELBO"),
         ("pyro.infer.SVI", "py:class", "inference_algos.html#pyro.infer.svi.SVI"),
         ("pyro.plate", "py:class", "primitives.html#pyro.primitives.plate"),
         ("pyro.primitives.plate", "py:class", "primitives.html#$"),
         ("pyro.distributions.Distribution", "py:class", "distributions.html#$"),
-        ("pyro.distributions.torch_distribution.TorchDistribution", "py:class", "distributions.html#pyro.distributions.TorchDistribution"),
+        (
+            "pyro.distributions.torch_distribution.TorchDistribution",
+            "py:class",
+            "distributions.html#pyro.distributions.TorchDistribution",
+        ),
     ],
     "matplotlib": [
         ("matplotlib.axes.Axes", "py:class", "api/_as_gen/$.html#$"),

@@ -334,8 +334,8 @@ LIKELIHOODS.add(
 
 
 def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1, components: int = 10) -> nn.Module:
-    """The likelihood called ``name`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`); ``scale`` is the fixed or initial scale,
-    ``components`` the number of logistics of ``discretized-mixture``."""
+    """The likelihood called ``name`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`); ``scale`` is the fixed
+    or initial scale, ``components`` the number of logistics of ``discretized-mixture``."""
     return LIKELIHOODS.build(name, event_shape, scale, components)
 
 

@@ -151,8 +151,8 @@ def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """Conv2d layers (LeakyReLU) as :class:`pyro_vae.parts.nets.ConvSpec` says, an optional dense layer, a Gaussian head.
-    ``x: (N, C, H, W) -> (N, z_dim) x 2``; any image size and number of channels."""
+    """Conv2d layers (LeakyReLU) as :class:`pyro_vae.parts.nets.ConvSpec` says, an optional dense layer, a
+    Gaussian head. ``x: (N, C, H, W) -> (N, z_dim) x 2``; any image size and number of channels."""
 
     def __init__(self, event_shape: Sequence[int], z_dim: int, spec: ConvSpec = DEFAULT_CONV) -> None:
         super().__init__()
