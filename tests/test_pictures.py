@@ -215,3 +215,21 @@ def test_pictures_is_a_command_of_python_m_pyro_vae(tmp_path, idx_root):
         [sys.executable, "-m", "pyro_vae", "pictures", "--help"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "--out" in proc.stdout
+
+
+def test_the_docs_pictures_script_redraws_them_from_a_run(tmp_path, idx_root):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = _tiny_run(tmp_path, idx_root)
+    out = tmp_path / "docs-pictures"
+    script = str(ROOT / "scripts" / "make_docs_pictures.py")
+    proc = subprocess.run([sys.executable, script, str(run), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["latent_plane.png", "reconstructions.png", "samples.png"]
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "none"), "--out", str(out / "x")], capture_output=True,
+                         text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+    assert not (out / "x").exists()

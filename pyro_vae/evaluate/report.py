@@ -85,6 +85,25 @@ def evaluate(
 
     Values are per data point, in nats, each with its standard error over data points;
     ``bits_per_dim`` divides −log p(x) by the number of dimensions times ln 2.
+
+    :param ks: the numbers of importance samples K, each scored from the first K draws of one pass.
+    :param seed: seeds every draw; the caller's random state is left as it was.
+    :param batch_size: images per chunk of the importance-sampling pass.
+    :param elbo_particles: z draws per image for the ELBO rows.
+    :param progress: a progress bar over the importance-sampling pass.
+    :returns: ``{"elbo": {"mc": ..., "analytic": ...}, "nll": {"<K>": {"mean", "se", "bits_per_dim"}},
+        "active_units": ..., ...}``.
+
+    >>> import torch
+    >>> from pyro_vae import build_vae
+    >>> from pyro_vae.evaluate import evaluate
+    >>> vae = build_vae((1, 8, 8), z_dim=2, hidden=(16,))
+    >>> x = torch.bernoulli(torch.full((20, 1, 8, 8), 0.3))
+    >>> result = evaluate(vae, x, [1, 100])
+    >>> sorted(result["nll"]), sorted(result["elbo"])
+    (['1', '100'], ['analytic', 'mc'])
+    >>> result["nll"]["100"]["mean"] <= result["nll"]["1"]["mean"] + 4 * result["nll"]["1"]["se"]
+    True
     """
     ks = check_arguments(ks, batch_size=batch_size, elbo_particles=elbo_particles, seed=seed)  # before any pass
     x = prepare_inputs(vae, x, batch_size)

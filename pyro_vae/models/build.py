@@ -50,6 +50,14 @@ def build_vae(
     :param guide: a name of :data:`pyro_vae.parts.guides.GUIDES` (``"gaussian"``, ``"iaf"``,
         ``"householder"``), or your own posterior module ``(loc, scale, context) -> q(z|x)``.
     :param flows: steps of a flow guide; ``flow_hidden``: the widths of each step's network.
+
+    >>> import torch
+    >>> from pyro_vae import build_vae
+    >>> vae = build_vae((1, 28, 28), z_dim=2, prior="mog", likelihood="bernoulli")
+    >>> vae.sample(3).shape                    # E[x|z] for three draws z ~ p(z)
+    torch.Size([3, 1, 28, 28])
+    >>> [name for name in vae.latent_sites]
+    ['z']
     """
     _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
     if isinstance(likelihood, str):

@@ -105,6 +105,20 @@ def load_run_and_data(
     :param data: the :class:`pyro_vae.ImageData` a run trained on in-memory data needs back.
     :param limit: only the first ``limit`` points of the split.
     :param parts: the custom modules the run was trained with (``prior=...`` etc.).
+
+    A run trained on in-memory images takes them back (a run of a named dataset finds its own):
+
+    >>> import contextlib, io, tempfile, torch
+    >>> from pyro_vae import ImageData, TrainConfig, load_run_and_data, train
+    >>> images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    >>> labels = torch.arange(40) % 4
+    >>> data = ImageData("noise", images[:32], labels[:32], (images[32:] > 127).float(), labels[32:])
+    >>> config = TrainConfig(epochs=1, batch_size=16, z_dim=2, hidden=(8,), progress=False, out=tempfile.mkdtemp() + "/r")
+    >>> with contextlib.redirect_stdout(io.StringIO()):   # the epoch lines
+    ...     result = train(config, data=data)
+    >>> run = load_run_and_data(result.run_dir, data=data)
+    >>> run.x.shape, run.labels.tolist(), run.state["epoch"]
+    (torch.Size([8, 1, 8, 8]), [0, 1, 2, 3, 0, 1, 2, 3], 1)
     """
     if split not in ("test", "train", "valid"):
         raise ConfigError(f"unknown split {split!r}; choose test, train or valid")

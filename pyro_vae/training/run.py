@@ -81,6 +81,23 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
     :returns: the trained VAE, its config (device and folder resolved) and metrics.
     :raises Interrupted: SIGINT/SIGTERM stopped it; ``checkpoints/last.pt`` holds the state.
     :raises NonFiniteLoss: the loss went NaN/Inf; the last good state is saved.
+
+    A run on images of your own (uint8 ``(N, C, H, W)``; the test set prepared for the likelihood):
+
+    >>> import tempfile, torch
+    >>> from pyro_vae import ImageData, TrainConfig, train
+    >>> g = torch.Generator().manual_seed(0)
+    >>> images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
+    >>> labels = torch.zeros(64, dtype=torch.long)
+    >>> data = ImageData("noise", images[:48], labels[:48], (images[48:] > 127).float(), labels[48:])
+    >>> out = tempfile.mkdtemp() + "/run"
+    >>> result = train(TrainConfig(epochs=2, batch_size=16, z_dim=2, hidden=(8,), progress=False, out=out), data=data)
+    ... # doctest: +ELLIPSIS
+    KL: ...
+    >>> [row["epoch"] for row in result.metrics]
+    [1, 2]
+    >>> sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
+    ['best.pt', 'epoch0001.pt', 'epoch0002.pt', 'last.pt']
     """
     with agreed("the run"):  # under torchrun: a rank that refuses stops every rank, with its own message
         run = setup_run(config, data, vae)
