@@ -106,20 +106,13 @@ def rule(command: str) -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A working folder laid out as the pages assume: the repository's scripts, recipes and notebooks, the
-    data in ``./data`` (a link to the real data), photographs in ``~/photos`` and ``~/textures``."""
+    """The data and a home folder for the pages: photographs in ``~/photos`` and ``~/textures``."""
     data = os.environ.get(DATA_ENV)
     if not data or not (Path(data) / "MNIST" / "raw").is_dir():
         pytest.skip(f"real data absent: set {DATA_ENV}")
     from PIL import Image
 
     base = tmp_path_factory.mktemp("readme")
-    work = base / "repo"
-    work.mkdir()
-    (work / "data").symlink_to(Path(data).resolve())
-    for name in ("scripts", "pyro_vae"):
-        (work / name).symlink_to(ROOT / name)
-    shutil.copytree(ROOT / "notebooks", work / "notebooks")  # jupyter execute writes beside them
     home = base / "home"
     rng = __import__("numpy").random.default_rng(0)
     for folder, size, count in (("photos", (90, 70), 160), ("textures", (600, 560), 4)):
@@ -127,7 +120,21 @@ def workdir(tmp_path_factory):
         for i in range(count):
             pixels = rng.integers(0, 256, (*size, 3), dtype="uint8")
             Image.fromarray(pixels).save(home / folder / f"{i}.png")
-    return work, home
+    return base, home
+
+
+def page_folder(base: Path, page: str) -> Path:
+    """A working folder for one page, laid out as a checkout: the scripts, the recipes and the notebooks, and the
+    data in ``./data`` (a link to the real data). Each page has its own, as each is read on its own: two pages
+    may both write ``runs/quickstart``."""
+    work = base / page.replace("/", "_").removesuffix(".md")
+    if not work.exists():
+        work.mkdir()
+        (work / "data").symlink_to(Path(os.environ[DATA_ENV]).resolve())
+        for name in ("scripts", "pyro_vae"):
+            (work / name).symlink_to(ROOT / name)
+        shutil.copytree(ROOT / "notebooks", work / "notebooks")  # jupyter execute writes beside them
+    return work
 
 
 def _run(args: list[str] | str, work: Path, home: Path, shell: bool = False) -> subprocess.CompletedProcess:
@@ -171,8 +178,9 @@ def _producers(page: str, line: int) -> list[int]:
 @pytest.mark.real_data
 @pytest.mark.parametrize("key", list(PYTHON), ids=[f"{p}:{f}" for p, f in PYTHON])
 def test_python_blocks_run_as_written(workdir, key):
-    work, home = workdir
+    base, home = workdir
     page, first = key
+    work = page_folder(base, page)
     (line, block), *_ = [(n, b) for n, b in blocks(page, "python") if b.splitlines()[0] == first]
     how = PYTHON[key]
     if how == "compile":
@@ -234,5 +242,5 @@ BASH_BLOCKS = [(page, line) for page in PAGES for line, _ in blocks(page, "bash"
 @pytest.mark.real_data
 @pytest.mark.parametrize("key", BASH_BLOCKS, ids=[f"{p}:{n}" for p, n in BASH_BLOCKS])
 def test_bash_blocks_run_as_written(workdir, key):
-    work, home = workdir
-    _run_block(*key, work, home)
+    base, home = workdir
+    _run_block(*key, page_folder(base, key[0]), home)

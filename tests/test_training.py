@@ -231,7 +231,7 @@ def test_data_of_any_shape_trains_and_draws_its_pictures(tmp_path, shape):
 
 
 def test_a_run_of_very_few_steps_says_so(tmp_path, tiny_data, capsys):
-    from pyro_vae.training.run import FEW_STEPS, few_steps_note
+    from pyro_vae.training.setup import FEW_STEPS, few_steps_note
 
     assert few_steps_note(FEW_STEPS, 50, 4) is None
     assert few_steps_note(FEW_STEPS - 1, 1, FEW_STEPS - 1).startswith(f"note: this run takes only {FEW_STEPS - 1}")

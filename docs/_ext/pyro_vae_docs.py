@@ -135,12 +135,42 @@ def _about(entry: object) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _extra(kind: str, name: str) -> str:
+    """A column the code can answer for each part: a prior's KL from a Gaussian q(z|x), the data a
+    likelihood models, a dataset's files, shape and splits."""
+    if kind == "priors":
+        from pyro_vae import build_vae
+        from pyro_vae.parts.priors import has_closed_form_kl
+
+        return (
+            "closed form"
+            if has_closed_form_kl(build_vae((1, 4, 4), z_dim=2, hidden=(4,), prior=name).prior)
+            else ("Monte-Carlo (no closed form)")
+        )
+    if kind == "likelihoods":
+        from pyro_vae.parts.likelihoods import build_likelihood
+
+        data_kind = getattr(build_likelihood(name, (1, 4, 4)), "data_kind", "binary")
+        return {"binary": "binary pixels", "unit": "intensities in [0, 1]", "byte": "8-bit values 0 … 255"}[data_kind]
+    if kind == "datasets":
+        from pyro_vae.data.registry import DATASETS
+
+        spec = DATASETS[name]
+        shape = "×".join(map(str, spec.shape)) if spec.shape else "set by the images"
+        return f"{spec.layout}; {shape}; splits: {', '.join(spec.splits)}"
+    return ""
+
+
+# the extra column's heading, for the kinds that have one
+EXTRA = {"priors": "KL from a Gaussian q(z|x)", "likelihoods": "data it models", "datasets": "files; shape; splits"}
+
+
 def parts_rows(kind: str) -> list[tuple[str, str, str]]:
-    """(name, , description) for every entry of one registry."""
+    """(name, the computed column of :data:`EXTRA` or "", description) for every entry of one registry."""
     registry = _registries()[kind]
     if isinstance(registry, (tuple, list)):
         return [(name, "", "") for name in registry]
-    return [(name, "", _about(registry[name])) for name in registry]
+    return [(name, _extra(kind, name), _about(registry[name])) for name in registry]
 
 
 def recipe_rows() -> list[tuple[str, str, str]]:
@@ -215,14 +245,17 @@ class ConfigTable(_TableDirective):
 
 
 class PartsTable(_TableDirective):
-    headers = ("name", "", "what it is")
-
     def rows(self, arg: str) -> list[tuple[str, str, str]]:
         return parts_rows(arg)
 
     def run(self) -> list[nodes.Node]:
         arg = self.arguments[0] if self.arguments else ""
-        rows = self.rows(arg)
+        try:
+            rows = self.rows(arg)
+        except KeyError:
+            raise self.error(f"{self.name}: unknown argument {arg!r}") from None
+        if arg in EXTRA:
+            return [_table(("name", "what it is", EXTRA[arg]), [(a, c, b) for a, b, c in rows])]
         return [_table(("name", "what it is"), [(a, c) for a, _, c in rows])]
 
 

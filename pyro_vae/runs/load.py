@@ -113,7 +113,8 @@ def load_run_and_data(
     >>> images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     >>> labels = torch.arange(40) % 4
     >>> data = ImageData("noise", images[:32], labels[:32], (images[32:] > 127).float(), labels[32:])
-    >>> config = TrainConfig(epochs=1, batch_size=16, z_dim=2, hidden=(8,), progress=False, out=tempfile.mkdtemp() + "/r")
+    >>> out = tempfile.mkdtemp() + "/r"
+    >>> config = TrainConfig(epochs=1, batch_size=16, z_dim=2, hidden=(8,), progress=False, out=out)
     >>> with contextlib.redirect_stdout(io.StringIO()):   # the epoch lines
     ...     result = train(config, data=data)
     >>> run = load_run_and_data(result.run_dir, data=data)

@@ -47,7 +47,7 @@ from pyro_vae.runs.folder import (
 from pyro_vae.training.graphs import GraphStep, make_capturable
 from pyro_vae.training.guard import snapshot, stop_nonfinite
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
-from pyro_vae.training.setup import Run, describe_objective, setup_run
+from pyro_vae.training.setup import Run, describe_objective, few_steps_note, setup_run
 
 
 class Interrupted(PyroVAEError):
@@ -121,21 +121,6 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
             if few:
                 tqdm.write(few)
     return _fit(run, epoch=0, step=0, position=None, best=None)
-
-
-# below this many optimiser steps a VAE has barely left its initialisation: grey pictures, high losses
-FEW_STEPS = 200
-
-
-def few_steps_note(total: int, per_epoch: int, epochs: int) -> str | None:
-    """One line when a run is too short to learn much, saying how short and what to change."""
-    if total >= FEW_STEPS:
-        return None
-    return (
-        f"note: this run takes only {total} optimiser steps ({epochs} epochs of {per_epoch}); after fewer than "
-        f"{FEW_STEPS} a VAE has barely moved from its start (grey pictures, high losses): raise the epochs, "
-        "lower the batch size or give it more images"
-    )
 
 
 def resume(

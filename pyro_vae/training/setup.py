@@ -324,3 +324,18 @@ def _streamed(placement: str, images: torch.Tensor, device: torch.device) -> boo
     if device.type == "cpu":
         return False  # host memory is the device's: a memory map is paged in as it is read
     return images.numel() * images.element_size() > RESIDENT_SHARE * available_bytes(device)
+
+
+# below this many optimiser steps a VAE has barely left its initialisation: grey pictures, high losses
+FEW_STEPS = 200
+
+
+def few_steps_note(total: int, per_epoch: int, epochs: int) -> str | None:
+    """One line when a run is too short to learn much, saying how short and what to change."""
+    if total >= FEW_STEPS:
+        return None
+    return (
+        f"note: this run takes only {total} optimiser steps ({epochs} epochs of {per_epoch}); after fewer than "
+        f"{FEW_STEPS} a VAE has barely moved from its start (grey pictures, high losses): raise the epochs, "
+        "lower the batch size or give it more images"
+    )
