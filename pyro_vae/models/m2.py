@@ -1,0 +1,294 @@
+"""Kingma et al. (2014)'s M2, the semi-supervised VAE: the label y is a discrete latent, observed when it is
+known and summed out exactly by Pyro's parallel enumeration when it is not.
+
+Model, in the ``"data"`` plate: y ~ p(y) = Categorical(uniform) (site ``"y"``, observed for labelled images),
+z ~ p(z) (site ``"z"``), x ~ p(x | z, y) (site ``"x"``, the decoder reads z and the one-hot y).
+
+Guide: y ~ q(y|x), the classifier (only where y is not given), then z ~ q(z | x, y), the encoder's body on x
+and its Gaussian head on [h(x), one-hot y].
+
+For unlabelled images, ``config_enumerate(vae.guide)`` with ``TraceEnum_ELBO(max_plate_nesting=1)`` sums over
+the C classes in one vectorised pass: the loss is E_q(y|x)[−ELBO(x, y)] − H[q(y|x)], with no sampling of y.
+Labelled images pass ``y`` to both; Kingma's classifier term α·E[−log q(y|x)] (eq. 9) is
+:meth:`SemiSupervisedVAE.classifier_loss`, added on labelled batches. Pyro's own loop trains it::
+
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    svi = SVI(vae.model, config_enumerate(vae.guide), pyro.optim.Adam({"lr": 1e-3}), elbo)
+    svi.step(x_unlabelled)           # y enumerated
+    svi.step(x_labelled, y)          # y observed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from torch import nn
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.vae import VAE, _full_precision
+from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec, GaussianHead
+
+
+def _with_label(h: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """[h, one-hot y], broadcast: ``h (..., N, F)`` and ``y (..., N)`` or an enumerated ``(C, 1)``."""
+    onehot = F.one_hot(y.long(), classes).to(h.dtype)
+    shape = torch.broadcast_shapes(h.shape[:-1], onehot.shape[:-1])
+    return torch.cat([h.expand(*shape, h.shape[-1]), onehot.expand(*shape, classes)], -1)
+
+
+class LabelledEncoder(nn.Module):
+    """q(z | x, y): ``body`` maps x to features h (N, F); a Gaussian head reads [h, one-hot y].
+
+    :param body: the feature network of an encoder (``MLPEncoder.body``, ``ConvEncoder.body``).
+    :param features: F, the width of ``body``'s output.
+    :param classes: the number of labels C.
+    :param z_dim: the latent size.
+    """
+
+    def __init__(self, body: nn.Module, features: int, classes: int, z_dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.classes = classes
+        self.head = GaussianHead(features + classes, z_dim)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of q(z | x, y) from the features ``h = body(x)`` and the labels ``y``."""
+        return self.head(_with_label(h, y, self.classes))
+
+
+class LabelledDecoder(nn.Module):
+    """p(x | z, y): a decoder built for ``z_dim + classes`` inputs, reading [z, one-hot y]."""
+
+    def __init__(self, decoder: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.classes = classes
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.decoder(_with_label(z, y, self.classes))
+
+
+class Classifier(nn.Module):
+    """q(y | x): an encoder's feature network and one linear layer to the C class logits."""
+
+    def __init__(self, body: nn.Module, features: int, classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.logits = nn.Linear(features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.body(x))
+
+
+class SemiSupervisedVAE(VAE):
+    """M2 (Kingma et al., 2014) as a Pyro model and guide; see the module docstring.
+
+    :param encoder: a :class:`LabelledEncoder`, q(z | x, y).
+    :param decoder: a :class:`LabelledDecoder`, p(x | z, y).
+    :param classifier: x -> class logits, q(y | x).
+    :param prior: p(z), as for :class:`pyro_vae.VAE`.
+    :param likelihood: p(x | z, y)'s distribution from the decoder's output, as for :class:`pyro_vae.VAE`.
+    :param event_shape: the shape of one image.
+    :param classes: the number of labels C; p(y) is uniform over them.
+    """
+
+    def __init__(
+        self,
+        encoder: LabelledEncoder,
+        decoder: LabelledDecoder,
+        classifier: nn.Module,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        event_shape: Sequence[int],
+        classes: int,
+    ) -> None:
+        super().__init__(encoder, decoder, prior, likelihood, event_shape)
+        self.classifier = classifier
+        self.classes = classes
+        self.register_buffer("label_logits", torch.zeros(classes))  # p(y): uniform, moved by .to(device)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x, y, z) for a batch ``x: (N, *event_shape)``; ``y: (N,)`` observes the labels."""
+        self._register("decoder", "prior", "likelihood")
+        with self.data_plate(x):
+            y = pyro.sample("y", dist.Categorical(logits=self.label_logits), obs=y)
+            with self._kl_scaled():
+                z = pyro.sample("z", self.prior())  # (N, z_dim), or (C, N, z_dim) with y enumerated
+            out = _full_precision(self.decoder(z, y))
+            pyro.sample("x", self.likelihood(out, len(self.event_shape)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q(y|x) where ``y`` is not given (enumerate it with ``config_enumerate``), then q(z | x, y)."""
+        self._register("encoder", "posterior", "classifier")
+        with self.data_plate(x):
+            inp = self.encoder_input(x)
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=_full_precision(self.classifier(inp))))
+            loc, scale = self.encoder(self.encoder.body(inp), y)
+            with self._kl_scaled():
+                pyro.sample("z", self.posterior(_full_precision(loc), _full_precision(scale)))
+
+    def model_classify(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> None:
+        """Kingma's classifier term as a Pyro model, weight·(−log q(y|x)), whose guide
+        (:meth:`guide_classify`) is empty: ``SVI(vae.model_classify, vae.guide_classify, optim, Trace_ELBO())``
+        adds it on labelled batches, as Pyro's own semi-supervised example does."""
+        if self.register_params:
+            pyro.module("classifier", self.classifier)
+        with self.data_plate(x), poutine.scale(scale=weight):
+            logits = _full_precision(self.classifier(self.encoder_input(x)))
+            pyro.sample("y_aux", dist.Categorical(logits=logits), obs=y)
+
+    def guide_classify(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> None:
+        """The empty guide of :meth:`model_classify` (it has no latent site)."""
+
+    def classifier_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """−log q(y|x) summed over the batch: Kingma's auxiliary term, to be weighted by α."""
+        logits = _full_precision(self.classifier(self.encoder_input(x)))
+        return F.cross_entropy(logits, y.long(), reduction="sum")
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable label under q(y|x), ``(N,)``."""
+        return self.classifier(self.encoder_input(x)).argmax(-1)
+
+    @property
+    def latent_sites(self) -> list[str]:
+        return ["z"]
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The mean of q(z | x, y), at the given labels or at the classifier's."""
+        inp = self.encoder_input(x)
+        y = self.classify(x) if y is None else y
+        return [self.encoder(self.encoder.body(inp), y)[0]]
+
+    @torch.no_grad()
+    def decode_labelled(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the pictures show for ``z`` and labels ``y``: E[x | z, y], or a draw (see
+        :attr:`pyro_vae.VAE.pictures`)."""
+        return self._picture(self.decoder(z, y))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.classify(x)
+        return self.decode_labelled(self.posterior_means(x, y)[0], y)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` draws z ~ p(z) decoded with labels ``y`` (default: y ~ p(y))."""
+        z = self.prior().sample((n,))
+        if y is None:
+            y = dist.Categorical(logits=self.label_logits).sample((n,))
+        return self.decode_labelled(z, y.to(z.device))
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] with y summed out: Σ_y p(y) E[x | z, y]."""
+        means = torch.stack([self.decode_labelled(z, torch.full(z.shape[:-1], c, device=z.device))
+                             for c in range(self.classes)])  # fmt: skip
+        return (means * self.label_logits.softmax(-1).reshape(-1, *[1] * (means.dim() - 1))).sum(0)
+
+    def _picture(self, out: torch.Tensor) -> torch.Tensor:
+        out = _full_precision(out)
+        mean = getattr(self.likelihood, "mean", None)
+        if self.pictures == "mean" and callable(mean):
+            return mean(out)
+        d = self.likelihood(out, len(self.event_shape))
+        x = d.mean if self.pictures == "mean" else d.sample()
+        return (x / 255 if self.data_kind == "byte" else x).clamp(0, 1)
+
+
+def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` images balanced over the classes (n / C of each, the first n mod C classes one more),
+    drawn with ``seed``: the labelled set of a semi-supervised run. Sorted, so a saved list reads plainly.
+
+    :param labels: ``(N,)`` integer labels of the training images.
+    :param n: how many to keep labelled, from the number of classes to N.
+
+    >>> import torch
+    >>> from pyro_vae.models.m2 import balanced_subset
+    >>> labels = torch.arange(100) % 10
+    >>> chosen = balanced_subset(labels, 20, seed=0)
+    >>> torch.bincount(labels[chosen]).tolist()
+    [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    classes = labels.unique()
+    if isinstance(n, bool) or not isinstance(n, int) or not len(classes) <= n <= len(labels):
+        raise ConfigError(
+            f"`labels` must be from {len(classes)} (one per class) to {len(labels)} (every training image), got {n!r}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for i, c in enumerate(classes.tolist()):
+        members = (labels == c).nonzero().flatten()
+        want = n // len(classes) + (1 if i < n % len(classes) else 0)
+        if want > len(members):
+            raise ConfigError(f"`labels={n}` asks for {want} images of class {c}, which has {len(members)}; lower it")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:want]])
+    return torch.cat(chosen).sort().values
+
+
+def build_m2(
+    event_shape: Sequence[int],
+    classes: int,
+    net: str = "mlp",
+    z_dim: int = 50,
+    hidden: Sequence[int] = (500,),
+    prior: str | nn.Module = "normal",
+    likelihood: str | nn.Module = "bernoulli",
+    likelihood_scale: float = 0.1,
+    *,
+    decoder_hidden: Sequence[int] | None = None,
+    conv: ConvSpec = DEFAULT_CONV,
+    mixture_components: int = 10,
+) -> SemiSupervisedVAE:
+    """An M2 model from names, with the networks of :func:`pyro_vae.build_vae`: the encoder's feature network
+    twice (one for q(z|x,y), one for the classifier q(y|x)) and a decoder that reads z and the one-hot label.
+
+    :param classes: the number of labels C (10 for MNIST).
+    :param hidden: the hidden widths (Kingma et al. used one layer of 500 on MNIST).
+    :param prior: a name of :data:`pyro_vae.parts.priors.PRIORS` but ``vamp`` (its pseudo-inputs would need
+        labels), or a module returning p(z).
+
+    >>> import torch
+    >>> from pyro_vae.models.m2 import build_m2
+    >>> vae = build_m2((1, 28, 28), classes=10, z_dim=2, hidden=(32,))
+    >>> vae.sample(4, y=torch.tensor([0, 1, 2, 3])).shape
+    torch.Size([4, 1, 28, 28])
+    >>> vae.classify(torch.zeros(3, 1, 28, 28)).shape
+    torch.Size([3])
+    """
+    from pyro_vae.parts.likelihoods import build_likelihood, decoder_shape
+    from pyro_vae.parts.nets import build_networks
+    from pyro_vae.parts.priors import build_prior
+
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= 10_000:
+        raise ConfigError(f"`classes` must be a number of labels from 2 to 10000, got {classes!r}")
+    if prior == "vamp":
+        raise ConfigError("`prior=vamp` reads the encoder at pseudo-inputs, which in M2 would need labels too; "
+                          "choose another prior")  # fmt: skip
+    if isinstance(likelihood, str):
+        likelihood = build_likelihood(likelihood, event_shape, likelihood_scale, mixture_components)
+    out = decoder_shape(likelihood, event_shape)
+    encoder, _ = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)
+    _, decoder = build_networks(net, event_shape, z_dim + classes, hidden, decoder_hidden, conv, out)
+    features = encoder.head.loc.in_features
+    classifier_body = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)[0].body
+    return SemiSupervisedVAE(
+        LabelledEncoder(encoder.body, features, classes, z_dim),
+        LabelledDecoder(decoder, classes),
+        Classifier(classifier_body, features, classes),
+        build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
+        likelihood,
+        event_shape,
+        classes,
+    )
+
+
+__all__ = ["Classifier", "LabelledDecoder", "LabelledEncoder", "SemiSupervisedVAE", "balanced_subset", "build_m2"]

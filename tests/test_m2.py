@@ -1,0 +1,174 @@
+"""M2 (Kingma et al. 2014) as a Pyro model and guide: Pyro's enumeration against the sum over labels written
+out by hand (float64, the same z draws), the labelled ELBO and the classifier term against their formulas,
+Pyro's own SVI loop training every parameter, and the parts it works with."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.m2 import SemiSupervisedVAE, build_m2
+
+C = 3
+
+
+@pytest.fixture
+def setup():
+    pyro.set_rng_seed(0)
+    vae = build_m2((1, 6, 6), classes=C, z_dim=2, hidden=(12,)).double()
+    for p in vae.parameters():  # away from the initialisation, so no term is trivially small
+        p.data.add_(0.3 * torch.randn_like(p))
+    x = torch.bernoulli(torch.full((7, 1, 6, 6), 0.4, dtype=torch.float64))
+    return vae, x
+
+
+def _by_hand(vae: SemiSupervisedVAE, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p(x | z, y) + log p(z) + log p(y) − log q(z | x, y) per image, from torch's own densities."""
+    h = vae.encoder.body(x)
+    loc, scale = vae.encoder(h, y)
+    log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    logits = vae.decoder(z, y)
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum((-1, -2, -3))
+    return log_px + log_pz - math.log(C) - log_q
+
+
+def test_enumerated_loss_is_the_sum_over_labels_written_out(setup):
+    vae, x = setup
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    guide = config_enumerate(vae.guide)
+    pyro.set_rng_seed(1)
+    loss = elbo.differentiable_loss(vae.model, guide, x)
+    pyro.set_rng_seed(1)  # the same z draws: the guide's only random choice under enumeration
+    trace = poutine.trace(poutine.enum(guide, first_available_dim=-2)).get_trace(x)
+    z = trace.nodes["z"]["value"]  # (C, N, z_dim): one draw per label and image
+    assert z.shape == (C, len(x), 2)
+    labels = torch.arange(C).reshape(C, 1).expand(C, len(x))
+    q_y = torch.log_softmax(vae.classifier(x), -1).T  # (C, N)
+    per_label = _by_hand(vae, x, z, labels)  # (C, N)
+    want = -(q_y.exp() * (per_label - q_y)).sum()
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-9)
+
+
+def test_labelled_loss_is_the_elbo_with_the_label_observed(setup):
+    vae, x = setup
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    pyro.set_rng_seed(2)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, config_enumerate(vae.guide), x, y)
+    pyro.set_rng_seed(2)
+    z = poutine.trace(vae.guide).get_trace(x, y).nodes["z"]["value"]
+    torch.testing.assert_close(loss, -_by_hand(vae, x, z, y).sum(), rtol=1e-12, atol=1e-9)
+
+
+def test_classifier_term_is_the_negative_log_probability_of_the_label(setup):
+    vae, x = setup
+    y = torch.tensor([2, 1, 0, 0, 1, 2, 2])
+    logits = vae.classifier(x)
+    want = -torch.log_softmax(logits, -1).gather(-1, y[:, None]).sum()
+    torch.testing.assert_close(vae.classifier_loss(x, y), want, rtol=1e-12, atol=0)
+    assert torch.equal(vae.classify(x), logits.argmax(-1))
+
+
+def test_pyros_own_svi_trains_every_parameter_and_learns_the_labels():
+    """Two well-separated classes of images; 4 labelled, 60 unlabelled: the plain Pyro loop."""
+    pyro.set_rng_seed(0)
+    g = torch.Generator().manual_seed(0)
+    base = torch.zeros(2, 1, 6, 6)
+    base[0, :, :3] = 0.9
+    base[1, :, 3:] = 0.9
+    truth = torch.randint(2, (64,), generator=g)
+    x = torch.bernoulli((base[truth] + 0.05).clamp(0, 1), generator=g)
+    vae = build_m2((1, 6, 6), classes=2, z_dim=2, hidden=(16,))
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    svi = SVI(vae.model, config_enumerate(vae.guide), pyro.optim.Adam({"lr": 1e-2}), elbo)
+    labelled = torch.tensor([0, 1, 2, 3])
+    for _ in range(300):
+        svi.step(x[4:])
+        svi.step(x[labelled], truth[labelled])
+    moved = [n for n, p in vae.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert sorted(moved) == sorted(before)
+    accuracy = (vae.classify(x[4:]) == truth[4:]).float().mean()
+    assert accuracy >= 0.9  # chance is 0.5
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(net="conv", conv=__import__("pyro_vae.parts.nets", fromlist=["ConvSpec"]).ConvSpec((4, 4), (1, 2), 3)),
+        dict(likelihood="discretized-logistic"),
+        dict(likelihood="continuous-bernoulli"),
+        dict(prior="mog"),
+        dict(prior="laplace"),
+    ],
+    ids=["conv", "discretized-logistic", "continuous-bernoulli", "mog", "laplace"],
+)
+def test_the_parts_it_works_with(kw):
+    vae = build_m2((1, 8, 8), classes=4, z_dim=3, hidden=(16,), **kw)
+    kind = vae.data_kind
+    x = {"binary": torch.bernoulli(torch.full((5, 1, 8, 8), 0.5)), "unit": torch.rand(5, 1, 8, 8),
+         "byte": torch.randint(0, 256, (5, 1, 8, 8)).float()}[kind]  # fmt: skip
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    for y in (None, torch.tensor([0, 1, 2, 3, 0])):
+        loss = elbo.differentiable_loss(vae.model, config_enumerate(vae.guide), x, *([] if y is None else [y]))
+        assert torch.isfinite(loss)
+        loss.backward()
+    assert vae.sample(4).shape == (4, 1, 8, 8) and vae.reconstruct(x).shape == (5, 1, 8, 8)
+    pictures = vae.sample(4, y=torch.arange(4))
+    assert pictures.min() >= 0 and pictures.max() <= 1
+
+
+def test_decode_mean_sums_the_labels_out_with_their_prior():
+    vae = build_m2((1, 4, 4), classes=3, z_dim=2, hidden=(8,))
+    z = torch.randn(5, 2)
+    each = torch.stack([vae.decode_labelled(z, torch.full((5,), c)) for c in range(3)])
+    torch.testing.assert_close(vae.decode_mean(z), each.mean(0))
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(classes=1), "`classes` must be a number of labels from 2"),
+        (dict(classes=True), "`classes` must be a number of labels from 2"),
+        (dict(classes=10, prior="vamp"), "`prior=vamp`"),
+    ],
+)
+def test_impossible_settings_are_refused_in_one_line(kw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        build_m2((1, 4, 4), **kw)
+
+
+def test_the_label_prior_is_a_buffer_that_moves_with_the_model():
+    vae = build_m2((1, 4, 4), classes=3, z_dim=2, hidden=(8,)).double()
+    assert vae.label_logits.dtype == torch.float64 and "label_logits" in dict(vae.named_buffers())
+    d = dist.Categorical(logits=vae.label_logits)
+    torch.testing.assert_close(d.probs, torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_the_labelled_subset_is_balanced_seeded_and_refuses_what_cannot_be():
+    from pyro_vae.models.m2 import balanced_subset
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    a = balanced_subset(labels, 10, seed=3)
+    assert torch.bincount(labels[a]).tolist() == [4, 3, 3]  # 10 = 3 each, the first class one more
+    assert torch.equal(a, balanced_subset(labels, 10, seed=3)) and not torch.equal(a, balanced_subset(labels, 10, 4))
+    assert len(a.unique()) == 10 and torch.equal(a, a.sort().values)
+    for n, message in ((2, "from 3 .one per class."), (101, "to 100"), (70, "class 2, which has 20")):
+        with pytest.raises(ConfigError, match=message):
+            balanced_subset(labels, n)
+
+
+def test_the_classifier_term_through_svi_is_the_weighted_cross_entropy(setup):
+    from pyro.infer import Trace_ELBO
+
+    vae, x = setup
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    loss = Trace_ELBO().differentiable_loss(vae.model_classify, vae.guide_classify, x, y, 7.5)
+    torch.testing.assert_close(loss, 7.5 * vae.classifier_loss(x, y), rtol=1e-12, atol=0)
