@@ -172,3 +172,77 @@ def test_the_classifier_term_through_svi_is_the_weighted_cross_entropy(setup):
     y = torch.tensor([0, 1, 2, 2, 1, 0, 1])
     loss = Trace_ELBO().differentiable_loss(vae.model_classify, vae.guide_classify, x, y, 7.5)
     torch.testing.assert_close(loss, 7.5 * vae.classifier_loss(x, y), rtol=1e-12, atol=0)
+
+
+def _linear_gaussian_m2(classes=3, d=4, z_dim=2, sigma=0.5, overdispersion=1.2):
+    """x | z, y ~ N(W z + b_y, σ² I), z ~ N(0, I), y uniform: p(x) = (1/C) Σ_c N(x; b_c, W Wᵀ + σ² I), exactly.
+    W has orthogonal columns, so the exact posterior of z is diagonal; the guide has the exact posterior mean
+    and a scale ``overdispersion`` times the exact one (so the weights vary, with a finite variance)."""
+    from torch import nn
+
+    from pyro_vae.models.m2 import Classifier, LabelledDecoder, LabelledEncoder
+    from pyro_vae.parts.likelihoods import NormalLikelihood
+    from pyro_vae.parts.priors import StandardNormalPrior
+
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, z_dim, dtype=torch.float64))
+    w = q * torch.tensor([2.0, 1.0], dtype=torch.float64)[:z_dim]  # orthogonal columns of norms 2 and 1
+    b = 3 * torch.randn(d, classes, dtype=torch.float64)
+    post_var = 1 / (1 + (w * w).sum(0) / sigma**2)  # (z_dim,): diagonal, as WᵀW is
+    a = post_var[:, None] * w.T / sigma**2  # E[z | x, c] = A (x − b_c)
+    encoder = LabelledEncoder(nn.Identity(), d, classes, z_dim).double()
+    decoder = LabelledDecoder(nn.Linear(z_dim + classes, d, bias=False).double(), classes)
+    with torch.no_grad():
+        encoder.head.loc.weight.copy_(torch.cat([a, -a @ b], 1))
+        encoder.head.loc.bias.zero_()
+        encoder.head.scale.weight.zero_()
+        target = overdispersion * post_var.sqrt()
+        encoder.head.scale.bias.copy_(torch.log(torch.expm1(target)))  # softplus^-1 (the head adds 1e-5)
+        decoder.decoder.weight.copy_(torch.cat([w, b], 1))
+    classifier = Classifier(nn.Identity(), d, classes).double()
+    vae = SemiSupervisedVAE(encoder, decoder, classifier, StandardNormalPrior(z_dim), NormalLikelihood(sigma),
+                            (d,), classes).double()  # fmt: skip
+    cov = w @ w.T + sigma**2 * torch.eye(d, dtype=torch.float64)
+    mixture = [torch.distributions.MultivariateNormal(b[:, c], cov) for c in range(classes)]
+
+    def exact(x: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(torch.stack([m.log_prob(x) for m in mixture]), 0) - math.log(classes)
+
+    return vae, exact
+
+
+def test_log_px_with_the_label_summed_matches_the_exact_linear_gaussian_marginal():
+    from pyro_vae.evaluate.labels import label_summed_log_likelihood
+
+    vae, exact = _linear_gaussian_m2()
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(3, (40,), generator=g)
+    z = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    x = vae.decoder(z, y).detach() + 0.5 * torch.randn(40, 4, generator=g, dtype=torch.float64)
+    want = exact(x)
+    # the spread of the estimator, per image, from independent repeats: the tolerance is 4 of its s.e.
+    runs = torch.stack([label_summed_log_likelihood(vae, x, 2000, seed=s) for s in range(8)])
+    se = runs.std(0) / math.sqrt(len(runs))
+    got = runs.mean(0)
+    assert ((got - want).abs() <= 4 * se + 1e-3).all(), (got - want).abs().max()
+
+
+def test_accuracy_and_the_label_elbos_against_their_definitions(setup):
+    from pyro_vae.evaluate.labels import accuracy, label_elbos, label_summed_log_likelihood
+
+    vae, x = setup
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    hits = (vae.classify(x) == y).double()
+    got = accuracy(vae, x, y)
+    assert got["mean"] == pytest.approx(hits.mean().item()) and got["se"] == pytest.approx(
+        (hits.std() / math.sqrt(len(hits))).item()
+    )
+    pyro.set_rng_seed(0)
+    elbos = label_elbos(vae, x, y, seed=5)
+    assert elbos["labelled"].shape == (7,) and elbos["unlabelled"].shape == (7,)
+    # the unlabelled ELBO at the true label's share: log p(x) >= ELBO_u, and the labelled ELBO is a bound on
+    # log p(x, y) <= log p(x); both lie below the log-likelihood at many samples (Jensen), by far here
+    lp = label_summed_log_likelihood(vae, x, 500, seed=1)
+    assert (elbos["unlabelled"] < lp).all() and (elbos["labelled"] < lp).all()
+    with pytest.raises(ConfigError, match="one integer label per image"):
+        accuracy(vae, x, y[:3])
