@@ -138,6 +138,8 @@ def test_decode_mean_sums_the_labels_out_with_their_prior():
         (dict(classes=1), "`classes` must be a number of labels from 2"),
         (dict(classes=True), "`classes` must be a number of labels from 2"),
         (dict(classes=10, prior="vamp"), "`prior=vamp`"),
+        (dict(classes=10, z_dim=0), "`z_dim` must be a positive integer"),
+        (dict(classes=10, hidden=(0,)), "`hidden` must be positive widths"),
     ],
 )
 def test_impossible_settings_are_refused_in_one_line(kw, message):

@@ -227,7 +227,10 @@ class _TableDirective(Directive):
             rows = self.rows(arg)
         except KeyError:
             raise self.error(f"{self.name}: unknown argument {arg!r}") from None
-        return [_table(self.headers, rows)]
+        return [self.table(arg, rows)]
+
+    def table(self, arg: str, rows: list[tuple[str, str, str]]) -> nodes.table:
+        return _table(self.headers, rows)
 
 
 class CLITable(_TableDirective):
@@ -248,15 +251,11 @@ class PartsTable(_TableDirective):
     def rows(self, arg: str) -> list[tuple[str, str, str]]:
         return parts_rows(arg)
 
-    def run(self) -> list[nodes.Node]:
-        arg = self.arguments[0] if self.arguments else ""
-        try:
-            rows = self.rows(arg)
-        except KeyError:
-            raise self.error(f"{self.name}: unknown argument {arg!r}") from None
+    def table(self, arg: str, rows: list[tuple[str, str, str]]) -> nodes.table:
+        # name, description, then the computed column where the kind has one
         if arg in EXTRA:
-            return [_table(("name", "what it is", EXTRA[arg]), [(a, c, b) for a, b, c in rows])]
-        return [_table(("name", "what it is"), [(a, c) for a, _, c in rows])]
+            return _table(("name", "what it is", EXTRA[arg]), [(a, c, b) for a, b, c in rows])
+        return _table(("name", "what it is"), [(a, c) for a, _, c in rows])
 
 
 class RecipeTable(_TableDirective):
