@@ -5,7 +5,7 @@ Model, in the ``"data"`` plate: y ~ p(y) = Categorical(uniform) (site ``"y"``, o
 z ~ p(z) (site ``"z"``), x ~ p(x | z, y) (site ``"x"``, the decoder reads z and the one-hot y).
 
 Guide: y ~ q(y|x), the classifier (only where y is not given), then z ~ q(z | x, y), the encoder's body on x
-and its Gaussian head on [h(x), one-hot y].
+reading x and the one-hot y from its first layer.
 
 For unlabelled images, ``config_enumerate(vae.guide)`` with ``TraceEnum_ELBO(max_plate_nesting=1)`` sums over
 the C classes in one vectorised pass: the loss is E_q(y|x)[−ELBO(x, y)] − H[q(y|x)], with no sampling of y.
@@ -20,6 +20,7 @@ Labelled images pass ``y`` to both; Kingma's classifier term α·E[−log q(y|x)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -31,7 +32,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE, _full_precision
-from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec, GaussianHead
+from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec
 
 
 def _with_label(h: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
@@ -41,24 +42,42 @@ def _with_label(h: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.cat([h.expand(*shape, h.shape[-1]), onehot.expand(*shape, classes)], -1)
 
 
-class LabelledEncoder(nn.Module):
-    """q(z | x, y): ``body`` maps x to features h (N, F); a Gaussian head reads [h, one-hot y].
+def _with_planes(x: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """[x, one-hot y as C constant planes] along the channels, broadcast: ``x (..., N, C_in, H, W)``."""
+    onehot = F.one_hot(y.long(), classes).to(x.dtype)
+    planes = onehot[..., None, None].expand(*onehot.shape, *x.shape[-2:])
+    shape = torch.broadcast_shapes(x.shape[:-3], planes.shape[:-3])
+    return torch.cat([x.expand(*shape, *x.shape[-3:]), planes.expand(*shape, *planes.shape[-3:])], -3)
 
-    :param body: the feature network of an encoder (``MLPEncoder.body``, ``ConvEncoder.body``).
-    :param features: F, the width of ``body``'s output.
+
+class LabelledEncoder(nn.Module):
+    """q(z | x, y): an encoder network that reads the label from its first layer on, as Kingma et al.'s does:
+    an MLP reads [x flattened, one-hot y]; a conv net reads the one-hot y as C constant planes beside x's
+    channels. Enumerated labels ``(C, 1)`` broadcast against the batch.
+
+    :param encoder: ``inputs -> (loc, scale)``, built for ``(D + C,)`` flat inputs, or for images with
+        ``C_in + C`` channels when ``planes``.
     :param classes: the number of labels C.
-    :param z_dim: the latent size.
+    :param event_dims: the number of dimensions of one image (3 for ``(C, H, W)``).
+    :param planes: join the label as planes (conv nets) rather than as C more inputs (MLPs).
     """
 
-    def __init__(self, body: nn.Module, features: int, classes: int, z_dim: int) -> None:
+    def __init__(self, encoder: nn.Module, classes: int, event_dims: int = 3, planes: bool = False) -> None:
         super().__init__()
-        self.body = body
+        self.encoder = encoder
         self.classes = classes
-        self.head = GaussianHead(features + classes, z_dim)
+        self.event_dims = event_dims
+        self.planes = planes
 
-    def forward(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """loc and scale of q(z | x, y) from the features ``h = body(x)`` and the labels ``y``."""
-        return self.head(_with_label(h, y, self.classes))
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of q(z | x, y), shaped like the broadcast of ``x``'s batch and ``y``, then z."""
+        if self.planes:
+            inp, point = _with_planes(x, y, self.classes), 3
+        else:
+            inp, point = _with_label(x.flatten(-self.event_dims), y, self.classes), 1
+        lead = inp.shape[:-point]
+        loc, scale = self.encoder(inp.reshape(-1, *inp.shape[-point:]))
+        return loc.reshape(*lead, loc.shape[-1]), scale.reshape(*lead, scale.shape[-1])
 
 
 class LabelledDecoder(nn.Module):
@@ -129,7 +148,7 @@ class SemiSupervisedVAE(VAE):
             inp = self.encoder_input(x)
             if y is None:
                 y = pyro.sample("y", dist.Categorical(logits=_full_precision(self.classifier(inp))))
-            loc, scale = self.encoder(self.encoder.body(inp), y)
+            loc, scale = self.encoder(inp, y)
             with self._kl_scaled():
                 pyro.sample("z", self.posterior(_full_precision(loc), _full_precision(scale)))
 
@@ -165,7 +184,7 @@ class SemiSupervisedVAE(VAE):
         """The mean of q(z | x, y), at the given labels or at the classifier's."""
         inp = self.encoder_input(x)
         y = self.classify(x) if y is None else y
-        return [self.encoder(self.encoder.body(inp), y)[0]]
+        return [self.encoder(inp, y)[0]]
 
     @torch.no_grad()
     def decode_labelled(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -248,8 +267,9 @@ def build_m2(
     conv: ConvSpec = DEFAULT_CONV,
     mixture_components: int = 10,
 ) -> SemiSupervisedVAE:
-    """An M2 model from names, with the networks of :func:`pyro_vae.build_vae`: the encoder's feature network
-    twice (one for q(z|x,y), one for the classifier q(y|x)) and a decoder that reads z and the one-hot label.
+    """An M2 model from names, with the networks of :func:`pyro_vae.build_vae`: an encoder for q(z|x,y) that
+    reads the one-hot label beside x, a classifier q(y|x) (an encoder's feature network and a linear layer),
+    and a decoder that reads z and the one-hot label.
 
     :param classes: the number of labels C (10 for MNIST).
     :param hidden: the hidden widths (Kingma et al. used one layer of 500 on MNIST).
@@ -278,15 +298,18 @@ def build_m2(
     if isinstance(likelihood, str):
         likelihood = build_likelihood(likelihood, event_shape, likelihood_scale, mixture_components)
     out = decoder_shape(likelihood, event_shape)
-    encoder, _ = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)
-    _, decoder = build_networks(net, event_shape, z_dim + classes, hidden, decoder_hidden, conv, out)
-    features = encoder.head.loc.in_features
-    classifier_body = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)[0].body
+    planes = net == "conv"
+    # the encoder of q(z|x,y) reads the label too: C more inputs, or C more channels
+    joined = (event_shape[0] + classes, *event_shape[1:]) if planes else (math.prod(event_shape) + classes,)
+    encoder = build_networks(net, joined, z_dim, hidden, decoder_hidden, conv, tuple(joined))[0]
+    decoder = build_networks(net, event_shape, z_dim + classes, hidden, decoder_hidden, conv, out)[1]
+    classifier = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)[0]
+    features = classifier.head.loc.in_features
     return SemiSupervisedVAE(
-        LabelledEncoder(encoder.body, features, classes, z_dim),
+        LabelledEncoder(encoder, classes, len(event_shape), planes),
         LabelledDecoder(decoder, classes),
-        Classifier(classifier_body, features, classes),
-        build_prior(prior, z_dim, encoder, event_shape) if isinstance(prior, str) else prior,
+        Classifier(classifier.body, features, classes),
+        build_prior(prior, z_dim, classifier, event_shape) if isinstance(prior, str) else prior,
         likelihood,
         event_shape,
         classes,
