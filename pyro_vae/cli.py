@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from pyro_vae.config import DEVICES, TrainConfig
 from pyro_vae.errors import ConfigError, PyroVAEError, as_flags
+from pyro_vae.files import read_settings_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,6 +25,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # under torchrun every rank parses the same flags: rank 0 alone says what is wrong
         self.exit(2, f"error: {message}; see {self.prog} --help\n" if os.environ.get("RANK", "0") == "0" else None)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse's own drops write errors; --help into a pipe whose reader left (`--help | head`) stops
+        # quietly with exit 1 instead, as every command's output does
+        if not message:
+            return
+        file = file or sys.stderr
+        try:
+            file.write(message)
+            file.flush()
+        except BrokenPipeError:
+            _stdout_gone()
+            raise SystemExit(1) from None
 
 
 def _int(text: str) -> int:
@@ -167,23 +181,6 @@ def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
     for w in caught:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return 0
-
-
-def read_settings_file(path: str) -> dict[str, Any]:
-    """Settings from a JSON file for ``--config``. A run's own ``config.json`` works: its ``out``
-    is dropped, so repeating a run writes a new folder, and its bookkeeping keys are ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {path}: no such file; pass a JSON file of settings (a run's config.json works)")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path} is not JSON ({exc}); pass a JSON object of settings") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"--config {path} holds a JSON {type(d).__name__}; pass a JSON object of settings")
-    if "versions" in d:  # a run folder's config.json
-        d.pop("out", None)
-    return d
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

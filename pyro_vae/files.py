@@ -3,11 +3,12 @@ cached arrays) goes through :func:`write_atomic`."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # the process umask, read once (os.umask can only be read by setting it)
 _UMASK = os.umask(0)
@@ -63,3 +64,37 @@ def check_writable_file(path: str | Path, flag: str = "`out`", example: str = "e
             pass
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); pass another {flag}") from None
+
+
+# a settings file names each of about sixty settings once; a megabyte is far beyond any real one
+MAX_SETTINGS_BYTES = 2**20
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    """Settings from a JSON file for ``--config``. A run's own ``config.json`` works: its ``out``
+    is dropped, so repeating a run writes a new folder, and its bookkeeping keys are ignored. Anything that
+    cannot be settings (unreadable, not JSON, absurdly large or deeply nested) is one :class:`ConfigError`."""
+    from pyro_vae.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file; pass a JSON file of settings (a run's config.json works)")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {path} is not JSON ({exc}); pass a JSON object of settings") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {path} cannot be read ({exc.strerror or exc}); pass a readable file") from None
+    if len(text) > MAX_SETTINGS_BYTES:
+        raise ConfigError(f"--config {path} holds {len(text):,} characters, more than any settings file; pass another")
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {path} is not JSON ({exc}); pass a JSON object of settings") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path} nests too deeply to be settings; pass a JSON object of settings") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--config {path} holds a JSON {type(d).__name__}; pass a JSON object of settings")
+    if "versions" in d:  # a run folder's config.json
+        d.pop("out", None)
+    return d

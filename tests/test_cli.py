@@ -5,10 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from pyro_vae.cli import train_main
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 
 def test_config_file_and_flags_over_it(idx_root, tmp_path, capsys):
@@ -106,7 +109,8 @@ def test_a_reader_that_leaves_stops_a_command_quietly(idx_root, tmp_path):
     train = [*("train", "--data-dir", str(idx_root), "--no-download", "--epochs", "1", "--batch-size", "16")]
     train += ["--z-dim", "2", "--no-progress", "--out", str(run)]
     assert subprocess.run([sys.executable, "-m", "pyro_vae", *train], cwd=ROOT, capture_output=True).returncode == 0
-    for args in (["--help"], ["reproduce", "--list"], ["evaluate", str(run), "--k", "2", "--no-progress"]):
+    helps = [[command, "--help"] for command in ("train", "evaluate", "pictures", "benchmark", "reproduce")]
+    for args in (["--help"], *helps, ["reproduce", "--list"], ["evaluate", str(run), "--k", "2", "--no-progress"]):
         read, write = os.pipe()
         os.close(read)
         try:
@@ -124,3 +128,35 @@ def test_no_command_is_a_usage_error_on_stderr():
     assert p.stderr.startswith("usage: python -m pyro_vae {train,evaluate,pictures,benchmark,reproduce}")
     p = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert (p.returncode, p.stderr) == (0, "") and p.stdout.startswith("usage: python -m pyro_vae")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[" * 100_000, "nests too deeply to be settings"),
+        ("{" + '"a": 1, ' * 200_000 + "}", "more than any settings file"),
+        ("\udcff not text", "is not JSON"),
+    ],
+    ids=["deep", "huge", "not-utf8"],
+)
+def test_a_settings_file_that_cannot_be_settings_is_one_line(tmp_path, capsys, text, message):
+    f = tmp_path / "settings.json"
+    f.write_bytes(text.encode("utf-8", "surrogateescape"))
+    code, _, err = run_cli(train_main, ["--config", str(f), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.startswith("error: --config") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_settings_file_is_one_line(tmp_path, capsys, monkeypatch):
+    f = tmp_path / "settings.json"
+    f.write_text("{}")
+    real = Path.read_text
+
+    def refuse(self, *a, **k):
+        if self == f:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # root reads any file, so the refusal is made here
+    code, _, err = run_cli(train_main, ["--config", str(f)], capsys)
+    assert (code, err) == (2, f"error: --config {f} cannot be read (Permission denied); pass a readable file\n")
