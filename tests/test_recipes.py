@@ -318,3 +318,66 @@ def test_bad_reproduce_input_is_one_line_and_leaves_nothing(tiny, tmp_path, caps
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err and message in lines[0], err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def _good_source() -> dict:
+    return json.loads((recipes_module.RECIPE_DIR / "family-vae.json").read_text())
+
+
+BAD_RECIPES = {
+    "not-json": (b"{ this is not json", "cannot be read as JSON (JSONDecodeError)"),
+    "not-utf8": (b"\xff\xfe{}", "cannot be read as JSON (UnicodeDecodeError)"),
+    "deep": (b"[" * 100_000, "cannot be read as JSON (RecursionError)"),
+    "huge": (b" " * (2**20 + 1) + b"{}", "far beyond a settings file"),
+    "a-list": (b"[1, 2]", "has no recipe block"),
+    "no-block": (json.dumps({"z_dim": 2}).encode(), "has no recipe block"),
+    "missing-keys": (json.dumps({"recipe": {"title": "x"}}).encode(), "lacks paper, table, data"),
+    "k-zero": (lambda d: d["recipe"]["protocol"].update(k=0), "protocol k must be a number of importance samples"),
+    "k-text": (lambda d: d["recipe"]["protocol"].update(k="5000"), "protocol k must be"),
+    "bad-split": (lambda d: d["recipe"]["protocol"].update(split="everything"), "protocol split must be one of"),
+    "bad-checkpoint": (lambda d: d["recipe"]["protocol"].update(checkpoint="first"), "checkpoint one of best, last"),
+    "bad-reference": (lambda d: d["recipe"].update(reference="89.9"), "reference must be a number of nats or null"),
+    "bad-setting": (lambda d: d.update(lr=-1), "`lr` must be a finite number > 0"),
+    "unknown-setting": (lambda d: d.update(learning_rate=0.1), "unknown settings ['learning_rate']"),
+}
+
+
+@pytest.fixture
+def recipe_folder(tmp_path, monkeypatch):
+    """The shipped recipes beside one bad file of each kind."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    for path in recipes_module.RECIPE_DIR.glob("*.json"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    for name, (content, _) in BAD_RECIPES.items():
+        if callable(content):
+            d = _good_source()
+            content(d)
+            content = json.dumps(d).encode()
+        (folder / f"{name}.json").write_bytes(content)
+    monkeypatch.setattr(recipes_module, "RECIPE_DIR", folder)
+    recipes_module._load.cache_clear()
+    yield folder
+    recipes_module._load.cache_clear()
+
+
+def test_bad_recipe_files_are_named_and_the_good_ones_still_listed(recipe_folder, capsys):
+    from pyro_vae.recipes import recipe_problems
+
+    assert sorted(recipes()) == sorted(p.stem for p in ROOT.joinpath("pyro_vae", "recipes").glob("*.json"))
+    problems = recipe_problems()
+    assert sorted(problems) == sorted(BAD_RECIPES)
+    for name, (_, message) in BAD_RECIPES.items():
+        assert problems[name].startswith(f"recipe file {recipe_folder / name}.json") and message in problems[name], name
+    code, out, err = call(["--list"], capsys)
+    assert code == 0 and err == ""
+    assert "vae-static-mnist" in out and "family-vae" in out
+    assert out.count("skipped: recipe file") == len(BAD_RECIPES)
+
+
+@pytest.mark.parametrize("name", list(BAD_RECIPES))
+def test_reproducing_a_bad_recipe_is_one_line_before_any_work(recipe_folder, tmp_path, capsys, name):
+    code, _, err = call([name, "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert code == 2 and err.startswith(f"error: recipe file {recipe_folder / name}.json") and err.count("\n") == 1
+    assert BAD_RECIPES[name][1].replace("`lr`", "--lr") in err
+    assert not (tmp_path / "run").exists()

@@ -104,25 +104,80 @@ class Recipe:
         return TrainConfig.from_dict(d, source=f"recipe {self.name}").validate()
 
 
+# a recipe file is a page of settings; anything near this size is not one
+MAX_RECIPE_BYTES = 2**20
+CHECKPOINTS = ("best", "last")
+SPLITS = ("test", "valid", "train")
+
+
 def _read(path: Path) -> Recipe:
-    d = json.loads(path.read_text())
+    """One recipe file, checked whole before any work: JSON, the ``recipe`` block with every required key,
+    a protocol that can be run, and settings that :class:`TrainConfig` accepts. A problem is one
+    :class:`ConfigError` naming the file."""
+    from pyro_vae.evaluate import MAX_K
+
+    where = f"recipe file {path}"
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(
+                f"{where} is over {MAX_RECIPE_BYTES:,} bytes, far beyond a settings file; fix or remove it"
+            )
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{where} cannot be read as JSON ({type(exc).__name__}); fix or remove it") from None
+    if not isinstance(d, dict) or not isinstance(d.get("recipe"), dict):
+        raise ConfigError(f'{where} has no recipe block (a JSON object under "recipe"); see a shipped recipe')
     source = d.pop("recipe")
     missing = [key for key in REQUIRED if key not in source]
     if missing:
-        raise ConfigError(f"recipe file {path} lacks {', '.join(missing)} in its recipe block")
-    return Recipe(path.stem, d, source)
+        raise ConfigError(f"{where} lacks {', '.join(missing)} in its recipe block")
+    reference = source.get("reference")
+    if reference is not None and (isinstance(reference, bool) or not isinstance(reference, (int, float))):
+        raise ConfigError(f"{where}: reference must be a number of nats or null, got {reference!r}")
+    protocol = source["protocol"]
+    k = protocol.get("k") if isinstance(protocol, dict) else None
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"{where}: protocol k must be a number of importance samples from 1 to {MAX_K:,}, got {k!r}")
+    if protocol.get("split") not in SPLITS or protocol.get("checkpoint") not in CHECKPOINTS:
+        raise ConfigError(
+            f"{where}: protocol split must be one of {', '.join(SPLITS)} and checkpoint one of "
+            f"{', '.join(CHECKPOINTS)}, got {protocol.get('split')!r} and {protocol.get('checkpoint')!r}"
+        )
+    recipe = Recipe(path.stem, d, source)
+    try:
+        recipe.config()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix(f'recipe {path.stem}: ')}") from None
+    return recipe
 
 
 @cache
+def _load() -> tuple[dict[str, Recipe], dict[str, str]]:
+    good, bad = [], {}
+    for path in sorted(RECIPE_DIR.glob("*.json")):
+        try:
+            good.append(_read(path))
+        except ConfigError as exc:
+            bad[path.stem] = str(exc)
+    return {r.name: r for r in sorted(good, key=lambda r: (r.family, r.name))}, bad
+
+
 def recipes() -> dict[str, Recipe]:
-    """Every shipped recipe by name: the papers' first, then the model families, each sorted."""
-    found = [_read(p) for p in sorted(RECIPE_DIR.glob("*.json"))]
-    return {r.name: r for r in sorted(found, key=lambda r: (r.family, r.name))}
+    """Every recipe that passes its checks, by name: the papers' first, then the model families, each
+    sorted. A file that fails them is left out here and named by :func:`recipe_problems`."""
+    return _load()[0]
+
+
+def recipe_problems() -> dict[str, str]:
+    """The recipe files that fail their checks, by name, each with its one-line problem."""
+    return _load()[1]
 
 
 def get_recipe(name: str) -> Recipe:
-    """The recipe called ``name``; an unknown name is refused with the list."""
+    """The recipe called ``name``; an unknown name is refused with the list, a broken file with its problem."""
     known = recipes()
+    if name in recipe_problems():
+        raise ConfigError(recipe_problems()[name])
     if name not in known:
         raise ConfigError(
             f"unknown recipe {name!r}; choose one of {', '.join(known)} (python -m pyro_vae reproduce --list)"
@@ -153,4 +208,4 @@ def differences(config: TrainConfig, recipe: Recipe) -> list[str]:
     return out
 
 
-__all__ = ["FREE_SETTINGS", "RECIPE_DIR", "Recipe", "differences", "get_recipe", "recipes"]
+__all__ = ["FREE_SETTINGS", "RECIPE_DIR", "Recipe", "differences", "get_recipe", "recipe_problems", "recipes"]

@@ -125,17 +125,17 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def format_list() -> str:
-    """``reproduce --list``: each recipe with its reference number, epochs and data."""
-    from pyro_vae.recipes import recipes
+    """``reproduce --list``: each recipe with its reference number, epochs and data; a recipe file that fails
+    its checks is named below the table with its problem, and the others are listed as usual."""
+    from pyro_vae.recipes import recipe_problems, recipes
 
     table = [("recipe", "reference", "epochs", "K", "what")]
     for r in recipes().values():
         ref = "- (model family)" if r.family else f"{r.reference:.2f}"
         table.append((r.name, ref, str(r.epochs), str(r.k), r.source["title"]))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
-    return "\n".join(
-        "  ".join(f"{c:<{w}}" for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4] for row in table
-    )
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4] for row in table]
+    return "\n".join(lines + [f"skipped: {problem}" for problem in recipe_problems().values()])
 
 
 def default_out(name: str) -> Path:
