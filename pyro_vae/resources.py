@@ -109,6 +109,16 @@ def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
     return max(1, cpus)
 
 
+def check_count(name: str, n: int | None, what: str = "threads") -> None:
+    """Refuse more ``what`` than this machine has CPUs: each is a thread or a process that needs a core, and
+    OpenMP allocates per thread (a billion of them end the process from inside the runtime)."""
+    cpus = os.cpu_count() or 1
+    if n is not None and n > cpus:
+        raise ConfigError(
+            f"`{name}={n:.3g}` asks for more {what} than the {cpus} CPUs of this machine; pass at most {cpus}"
+        )
+
+
 def set_threads(threads: int | None, processes_here: int = 1) -> int:
     """Set torch's intra-op threads: ``threads`` when given; else, unless ``OMP_NUM_THREADS`` is set (then
     torch's count, which follows it, is kept), the usable CPUs shared among the ``processes_here``
@@ -118,6 +128,7 @@ def set_threads(threads: int | None, processes_here: int = 1) -> int:
     busy core stall the others): pass ``threads=1`` there."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"`threads` must be a positive integer, got {threads!r}")
+    check_count("threads", threads)
     if threads is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     n = threads if threads is not None else max(1, usable_cpus() // max(1, processes_here))

@@ -56,6 +56,12 @@ SIZES = [
     (["--hidden", "1e50"], "--hidden 1e+50 is beyond any memory"),
     (["--batch-size", "1e20"], "--batch-size 1e+20 is beyond any memory"),
     (["--z-dim", "2.5"], "invalid int value"),
+    # the flow's networks are built on the CPU even in the dry build: sized before a weight is made
+    (["--guide", "iaf", "--flow-hidden", "1e9"], "a flow guide of 2 steps with --flow-hidden 1000000000 needs about"),
+    (["--guide", "householder", "--flows", "64", "--flow-hidden", "1e6", "1e6"], "a flow guide of 64 steps"),
+    # every thread needs a core, and OpenMP allocates per thread
+    (["--threads", "1e9"], f"--threads 1e+09 asks for more threads than the {os.cpu_count()} CPUs"),
+    (["--threads", str((os.cpu_count() or 1) + 1)], "asks for more threads than the"),
 ]
 
 
@@ -459,6 +465,8 @@ BENCHMARK = [
     (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
     (["--load", "-1"], "--load must be >= 0, got -1"),
     (["--threads", "0"], "--threads must be positive, got 0"),
+    (["--threads", "1e9"], "--threads 1e+09 asks for more threads than the"),
+    (["--load", "1000000000000"], "--load 1e+12 asks for more competing processes than the"),
     (["--breakdown", "--device", "cuda"], "the step breakdown times the CPU step; drop --device cuda"),
     # the output file is checked before minutes of timing, not written to after them
     (["--out", "HERE"], "is a folder; pass a file name such as"),

@@ -195,3 +195,20 @@ def test_a_competing_load_runs_and_stops():
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_row_worker_that_dies_is_an_error_not_a_hang():
+    """A worker ended from inside (an OpenMP runtime out of memory, a kill) is noticed within a second."""
+    from multiprocessing import get_context
+
+    from pyro_vae.benchmark.run import _receive
+    from pyro_vae.errors import PyroVAEError
+
+    ctx = get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    with pytest.raises(PyroVAEError, match=r"benchmark path x died \(exit code 3\) before it answered"):
+        _receive(parent, proc, "x")
+    proc.join()
+    child.close()

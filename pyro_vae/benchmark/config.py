@@ -56,6 +56,7 @@ class BenchmarkConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
         from pyro_vae.config import check_seed
         from pyro_vae.evaluate import MAX_K
+        from pyro_vae.resources import check_count
 
         at_least_zero = ("warmup_steps", "num_workers")
         for name in (*at_least_zero, "batch_size", "repeats", "eval_k", "eval_images", "eval_loop_images"):
@@ -68,6 +69,8 @@ class BenchmarkConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`{name}` must be positive, got {value}")
+        check_count("threads", self.threads)
+        check_count("load", self.load, "competing processes")
         if self.eval_k > MAX_K:
             raise ConfigError(f"`eval_k` must be at most {MAX_K:,}, got {self.eval_k}")
         unknown = [p for p in self.paths if p not in PATH_NOTES]

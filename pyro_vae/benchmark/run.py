@@ -214,9 +214,23 @@ def _expect(message: Any, name: str) -> Any:
     return message
 
 
+def _receive(conn: Any, proc: Any, name: str) -> Any:
+    """The row worker's next message; a worker that died (killed, or ended by its runtime) is an error, not a
+    wait that never ends."""
+    while not conn.poll(1.0):
+        if not proc.is_alive():
+            raise PyroVAEError(f"benchmark path {name} died (exit code {proc.exitcode}) before it answered")
+    return conn.recv()
+
+
 def _in_child(fn, *args):
+    from concurrent.futures.process import BrokenProcessPool
+
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise PyroVAEError(f"the benchmark's {fn.__name__.strip('_')} process died before it answered") from None
 
 
 def _device_name(device: torch.device, threads: int | None = None) -> str:
@@ -264,20 +278,20 @@ def _run_paths(cfg: BenchmarkConfig, progress: bool) -> dict[str, Any]:
         proc = ctx.Process(target=_path_worker, args=(name, cfg, child))  # not daemonic: DataLoader workers
         proc.start()
         workers.append((name, proc, parent))
-        _expect(parent.recv(), name)
+        _expect(_receive(parent, proc, name), name)
     round_times: list[dict[str, float]] = []
     for r in range(cfg.repeats):
         if progress:
             print(f"round {r + 1}/{cfg.repeats}: " + ", ".join(cfg.paths), flush=True)
         times = {}
-        for name, _, conn in workers:  # one repeat of every path, then the next round
+        for name, proc, conn in workers:  # one repeat of every path, then the next round
             conn.send("repeat")
-            times[name] = _expect(conn.recv(), name)
+            times[name] = _expect(_receive(conn, proc, name), name)
         round_times.append(times)
     rows = []
     for name, proc, conn in workers:
         conn.send("finish")
-        rows.append(_expect(conn.recv(), name))
+        rows.append(_expect(_receive(conn, proc, name), name))
         proc.join()
     if progress:
         print("timing evaluation ...", flush=True)

@@ -20,6 +20,7 @@ passed as ``build_vae(..., guide=module)``; set ``needs_context = True`` to rece
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -66,6 +67,7 @@ class FlowPosterior(nn.Module):
         # Pyro builds its autoregressive masks with .item(), which the meta device (the memory check's
         # dry build) cannot do: those few parameters are built on the CPU there
         place = torch.device("cpu") if torch.empty(0).device.type == "meta" else nullcontext()
+        _check_flow_size(z_dim, context_dim, flows, hidden)
         with place:
             self._build(kind, z_dim, context_dim, flows, hidden, steps)
         self.steps = nn.ModuleList(steps)
@@ -118,6 +120,18 @@ GUIDES.add(
     "Householder flow: `flows` reflections given h(x), a full-covariance Gaussian (Tomczak & Welling 2016)",
     lambda z_dim, context_dim, flows, hidden: FlowPosterior("householder", z_dim, context_dim, flows, hidden),
 )
+
+
+def _check_flow_size(z_dim: int, context_dim: int, flows: int, hidden: list[int]) -> None:
+    """Refuse, before a weight is made, flow networks whose parameters, gradients and Adam moments cannot fit
+    in the free host memory (they are built on the CPU even in the memory check's dry build)."""
+    from pyro_vae.resources import available_bytes, check_fits
+
+    widths = [z_dim + context_dim, *hidden, 2 * z_dim]  # an IAF step's network; a Householder one's is smaller
+    weights = flows * sum(a * b + b for a, b in itertools.pairwise(widths))
+    shown = " ".join(map(str, hidden))
+    check_fits(16 * weights, torch.device("cpu"), f"a flow guide of {flows} steps with `flow_hidden={shown}`",
+               "lower them", available_bytes(torch.device("cpu")))  # fmt: skip
 
 
 def build_guide(name: str, z_dim: int, context_dim: int, flows: int = 2, hidden: Sequence[int] = (256,)) -> nn.Module:
