@@ -160,3 +160,36 @@ def test_an_unreadable_settings_file_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Path, "read_text", refuse)  # root reads any file, so the refusal is made here
     code, _, err = run_cli(train_main, ["--config", str(f)], capsys)
     assert (code, err) == (2, f"error: --config {f} cannot be read (Permission denied); pass a readable file\n")
+
+
+def test_a_run_whose_reader_leaves_before_its_first_checkpoint_leaves_no_folder(idx_root, tmp_path):
+    """``train ... | head -c0``: the first line fails before any checkpoint; the half-made folder (config.json,
+    no checkpoint) could be neither resumed nor replaced, so none is left. A folder that was there (empty)
+    before stays, empty."""
+    for existed in (False, True):
+        run = tmp_path / f"run-{existed}"
+        if existed:
+            run.mkdir()
+        read, write = os.pipe()
+        os.close(read)
+        argv = ["train", "--data-dir", str(idx_root), "--no-download", "--epochs", "1", "--batch-size", "16"]
+        try:
+            p = subprocess.run(
+                [sys.executable, "-m", "pyro_vae", *argv, "--no-progress", "--out", str(run)],
+                cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        finally:
+            os.close(write)
+        assert (p.returncode, p.stderr) == (1, "")
+        assert run.exists() == existed and (not existed or list(run.iterdir()) == [])
+
+
+def test_a_run_stopped_after_its_first_checkpoint_keeps_its_folder(tmp_path):
+    from pyro_vae.runs.folder import discard_unstarted_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"state")
+    (run / "config.json").write_text("{}")
+    discard_unstarted_run(run, existed=False)
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "config.json", "last.pt"]

@@ -99,6 +99,29 @@ def make_run_dir(out: str | os.PathLike) -> Path:
     return path
 
 
+# what a run folder holds before its first checkpoint
+_RUN_FILES = ("config.json", "metrics.csv", "learning_curve.png")
+
+
+def discard_unstarted_run(path: Path, existed: bool) -> None:
+    """Remove a run folder that stopped before its first checkpoint (nothing to resume from): the files a
+    run writes, and the folder itself unless it was there before. A folder with ``checkpoints/last.pt`` is
+    left as it is, for ``--resume``."""
+    import shutil
+
+    if (path / "checkpoints" / "last.pt").exists():
+        return
+    for name in _RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for sub in ("checkpoints", "images"):
+        shutil.rmtree(path / sub, ignore_errors=True)
+    if not existed:
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # something else was put there meanwhile: leave it
+
+
 # ---------------------------------------------------------------------------------------------
 # what a run was trained on
 

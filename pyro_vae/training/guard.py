@@ -5,8 +5,10 @@ find the first bad step, save the state just before it, name the ELBO term that 
 from __future__ import annotations
 
 import copy
+import signal
+import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
@@ -113,3 +115,27 @@ def _nonfinite_term(run: Run, x: torch.Tensor, step: int) -> str:
     if not bad:
         return "a gradient (the loss itself was finite)"
     return " and ".join(bad)
+
+
+class StopRequests:
+    """SIGINT/SIGTERM set a flag that the loop reads after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

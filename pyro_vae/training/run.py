@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pyro
 import torch
@@ -38,6 +36,7 @@ from pyro_vae.runs.checkpoint import (
 from pyro_vae.runs.folder import (
     RunError,
     check_same_data,
+    discard_unstarted_run,
     make_run_dir,
     missing_parts,
     read_metrics,
@@ -45,7 +44,7 @@ from pyro_vae.runs.folder import (
     write_metrics,
 )
 from pyro_vae.training.graphs import GraphStep, make_capturable
-from pyro_vae.training.guard import snapshot, stop_nonfinite
+from pyro_vae.training.guard import StopRequests, snapshot, stop_nonfinite
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.setup import Run, describe_objective, few_steps_note, setup_run
 
@@ -102,25 +101,31 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
     with agreed("the run"):  # under torchrun: a rank that refuses stops every rank, with its own message
         run = setup_run(config, data, vae)
     objective = describe_objective(run.vae, run.config)
-    with agreed("to create the run folder"):
-        if run.world.main:
-            make_run_dir(run.run_dir)
-            versions = {"torch": torch.__version__, "pyro": pyro.__version__}
-            record = {
-                **run.config.to_dict(),
-                "objective": objective,
-                "versions": versions,
-                "data": run.data_record,
-                "custom": run.custom,
-                "world_size": run.world.size,
-            }
-            (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-            write_metrics(run.run_dir, [])
-            tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
-            few = few_steps_note(run.total_steps, len(run.batches), run.config.epochs)
-            if few:
-                tqdm.write(few)
-    return _fit(run, epoch=0, step=0, position=None, best=None)
+    existed = run.run_dir.exists()
+    try:
+        with agreed("to create the run folder"):
+            if run.world.main:
+                make_run_dir(run.run_dir)
+                versions = {"torch": torch.__version__, "pyro": pyro.__version__}
+                record = {
+                    **run.config.to_dict(),
+                    "objective": objective,
+                    "versions": versions,
+                    "data": run.data_record,
+                    "custom": run.custom,
+                    "world_size": run.world.size,
+                }
+                (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+                write_metrics(run.run_dir, [])
+                tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
+                few = few_steps_note(run.total_steps, len(run.batches), run.config.epochs)
+                if few:
+                    tqdm.write(few)
+        return _fit(run, epoch=0, step=0, position=None, best=None)
+    except BaseException:
+        if run.world.main:  # stopped before its first checkpoint (a closed pipe, say): leave no half-made folder
+            discard_unstarted_run(run.run_dir, existed)
+        raise
 
 
 def resume(
@@ -240,30 +245,6 @@ def _restore_random(run: Run, state: dict) -> None:
         run.batches.order.manual_seed(run.config.seed + state["step"])
 
 
-class _StopRequests:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step (main thread only)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
     if not run.world.distributed:
         return _epochs(run, epoch=epoch, step=step, position=position, best=best)
@@ -297,7 +278,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     started = time.perf_counter()  # for --time-limit; rank 0's clock decides
     # on a CPU shared with other jobs, say once (after the first epoch) that fewer threads would be faster
     watch = SharedCpuWatch() if device.type == "cpu" and not run.world.distributed else None
-    with _StopRequests() as stop:
+    with StopRequests() as stop:
         while epoch < config.epochs:
             vae.train()
             for group in run.optimizer.param_groups:  # --lr-milestones: the step size is a function of the epoch
