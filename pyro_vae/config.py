@@ -286,9 +286,8 @@ class TrainConfig:
             raise ConfigError(f"`mixture_components` must be from 1 to 100, got {self.mixture_components}")
         if self.mixture_components != 10 and self.likelihood not in ("discretized-mixture", "autoregressive-mixture"):
             raise ConfigError(
-                f"`mixture_components` applies to `likelihood=discretized-mixture` and `autoregressive-mixture` "
-                f"only, not "
-                f"`likelihood={self.likelihood}`: drop it"
+                "`mixture_components` applies to `likelihood=discretized-mixture` and `autoregressive-mixture` "
+                f"only, not `likelihood={self.likelihood}`: drop it"
             )
         for name in ("seed", "test_binarization_seed", "split_seed"):
             check_seed(_named(name), getattr(self, name))
@@ -330,6 +329,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_named(name)} must be a finite number >= 0, got {value}; {example}")
+        _check_schedule(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,6 +371,16 @@ def _choice(name: str, value: str, choices: tuple[str, ...], custom: bool = Fals
     # "custom" marks a part passed as a module (train(config, vae=...)); it is not offered as a flag
     if value not in choices and not (custom and value == "custom"):
         raise ConfigError(f"unknown `{name}={value!r}`; choose one of {', '.join(choices)}")
+
+
+def _check_schedule(c: TrainConfig) -> None:
+    """Every step size the schedule reaches can train (below 1e30: float32 weights moved that far overflow their
+    squares), and with the weight decay keeps lr·λ < 1 (a step scales weights by 1 − lr·λ); refused up front."""
+    for k in range(len(c.lr_milestones or ()) + 1):
+        step = math.exp(math.log(c.lr) + k * math.log(c.lr_gamma))  # in logs: a huge lr_gamma**k cannot overflow
+        if not step < 1e30 or step * c.weight_decay >= 1:
+            why = f"and lr·λ = {step * c.weight_decay:g} ≥ 1 with `weight_decay`" if step < 1e30 else "unusable"
+            raise ConfigError(f"the step size reaches {step:g} (`lr` × `lr_gamma`^{k}), {why}; lower them")
 
 
 def _positive(name: str, value: int) -> None:
@@ -423,12 +433,6 @@ def _check_types(config: TrainConfig) -> None:
                 else " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
             )
             raise ConfigError(f"{_named(f.name)} must be {want}, got {value!r}")
-
-
-def _is(value: Any, kind: type) -> bool:
-    if kind is type(None):
-        return value is None
-    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)  # True is no number
 
 
 # annotation text -> accepted Python types (an int is a valid float)

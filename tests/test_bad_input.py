@@ -56,6 +56,11 @@ SIZES = [
     (["--hidden", "1e50"], "--hidden 1e+50 is beyond any memory"),
     (["--batch-size", "1e20"], "--batch-size 1e+20 is beyond any memory"),
     (["--z-dim", "2.5"], "invalid int value"),
+    # step sizes that cannot train: refused before training, naming the product
+    (["--weight-decay", "1e9"], "the step size reaches 0.001 (--lr × --lr-gamma^0), and lr·λ = 1e+06 ≥ 1 with"),
+    (["--lr", "0.5", "--weight-decay", "2"], "and lr·λ = 1 ≥ 1 with --weight-decay"),
+    (["--lr-milestones", "1", "2", "--lr-gamma", "10", "--weight-decay", "150"], "(--lr × --lr-gamma^1), and lr·λ"),
+    (["--lr-milestones", "1", "--lr-gamma", "1e308"], "the step size reaches 1e+305 (--lr × --lr-gamma^1), unusable"),
     # the flow's networks are built on the CPU even in the dry build: sized before a weight is made
     (["--guide", "iaf", "--flow-hidden", "1e9"], "a flow guide of 2 steps with --flow-hidden 1000000000 needs about"),
     (["--guide", "householder", "--flows", "64", "--flow-hidden", "1e6", "1e6"], "a flow guide of 64 steps"),

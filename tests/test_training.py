@@ -202,7 +202,8 @@ def test_nonfinite_loss_stops_with_the_last_good_state_and_names_the_term(tmp_pa
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     # prior calls: 6 steps, 1 test-loss batch and the sample picture in epoch 1; the 9th is epoch 2, step 1
     assert msg.startswith("the KL term became non-finite at epoch 2, step 1; ")
-    assert f"saved the last good state to {last}; try a lower `lr` (now 0.001), `clip_grad=100`" in msg
+    assert f"saved the last good state to {last}; try a lower step size (now 0.001), `clip_grad=100`" in msg
+    assert "weight_decay" not in msg
     state = read_checkpoint(last)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert state["position"]["batch"] == 0 and state["epoch"] == 1
@@ -270,3 +271,25 @@ def test_the_loops_adam_is_fused_on_the_cpu_and_steps_as_torchs_reference_adam()
     assert (
         make_optimizer([torch.zeros(2, dtype=torch.float16, requires_grad=True)], 1e-3).param_groups[0]["fused"] is None
     )
+
+
+def test_the_guard_names_the_step_size_in_force_and_the_weight_decay(tmp_path, monkeypatch):
+    """After a milestone the message gives the scheduled step size, not `lr`; with weight decay it names it."""
+    import pyro.distributions as dist
+
+    from pyro_vae.parts import priors
+
+    original = priors.StandardNormalPrior.forward
+    calls = {"n": 0}
+
+    def breaks_after_a_while(self):
+        calls["n"] += 1
+        return dist.Normal(self.loc, 0 * self.scale).to_event(1) if calls["n"] > 8 else original(self)
+
+    monkeypatch.setattr(priors.StandardNormalPrior, "forward", breaks_after_a_while)
+    config = tiny_config(tmp_path, epochs=3, log_every=4, lr_milestones=(1,), lr_gamma=0.01, weight_decay=0.5)
+    with pytest.raises(NonFiniteLoss) as info:
+        train(config, data=make_tiny_data())
+    msg = str(info.value)
+    assert "try a lower step size (now 1e-05, `lr=0.001` scheduled by `lr_gamma=0.01`)" in msg
+    assert "or a lower `weight_decay` (now 0.5: each step scales the weights by 1 − lr·λ)" in msg

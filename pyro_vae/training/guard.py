@@ -89,9 +89,14 @@ def stop_nonfinite(run: Run, epoch: int, perm: torch.Tensor, snap: _Snapshot, be
     if run.world.main:
         save_checkpoint(last, state)
     what = _nonfinite_term(run, x, step) if x is not None else "the loss or a gradient (not reproduced on replay)"
+    c = run.config
+    lr = c.lr_at(epoch)  # the step size in force, after the schedule's milestones
+    now = f"now {lr:g}" + (f", `lr={c.lr:g}` scheduled by `lr_gamma={c.lr_gamma:g}`" if lr != c.lr else "")
+    decay = f", or a lower `weight_decay` (now {c.weight_decay:g}: each step scales the weights by 1 − lr·λ)"
     raise NonFiniteLoss(
         f"{what} became non-finite at epoch {epoch + 1}, step {batch + 1}; saved the last good state to {last}; "
-        f"try a lower `lr` (now {run.config.lr:g}), `clip_grad=100`, or a KL warm-up (`kl_schedule=linear` `warmup=1`)"
+        f"try a lower step size ({now}), `clip_grad=100`, a KL warm-up (`kl_schedule=linear` `warmup=1`)"
+        + (decay if c.weight_decay else "")
     )
 
 
