@@ -7,37 +7,17 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pyro_vae.config import DEVICES, TrainConfig
-from pyro_vae.errors import ConfigError, PyroVAEError, as_flags
+from pyro_vae.errors import ConfigError, OneLineParser, PyroVAEError, as_flags, stdout_gone
 from pyro_vae.files import read_settings_file
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: no usage block, the problem and where to look."""
-
-    def error(self, message: str) -> NoReturn:
-        # under torchrun every rank parses the same flags: rank 0 alone says what is wrong
-        self.exit(2, f"error: {message}; see {self.prog} --help\n" if os.environ.get("RANK", "0") == "0" else None)
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        # argparse's own drops write errors; --help into a pipe whose reader left (`--help | head`) stops
-        # quietly with exit 1 instead, as every command's output does
-        if not message:
-            return
-        file = file or sys.stderr
-        try:
-            file.write(message)
-            file.flush()
-        except BrokenPipeError:
-            _stdout_gone()
-            raise SystemExit(1) from None
+_Parser = OneLineParser
 
 
 def _int(text: str) -> int:
@@ -138,16 +118,7 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
     return go
 
 
-def _stdout_gone() -> None:
-    """The reader of standard output has gone (``... | head``): send what is still buffered to /dev/null,
-    so the exit's flush cannot raise again, and let the command stop quietly, as Unix tools do. A training
-    run stopped this way keeps its last checkpoint."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no real descriptor (captured output): nothing is left to flush into a pipe
-        pass
+_stdout_gone = stdout_gone
 
 
 def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:

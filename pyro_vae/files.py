@@ -98,3 +98,26 @@ def read_settings_file(path: str) -> dict[str, Any]:
     if "versions" in d:  # a run folder's config.json
         d.pop("out", None)
     return d
+
+
+def check_out_folder(out: str | Path, flag: str = "`out`") -> None:
+    """Refuse, before any work, a folder that outputs cannot go to: a file, a folder below a file, or a place
+    where nothing can be written (permissions, read-only file systems). Nothing is created here."""
+    from pyro_vae.errors import ConfigError
+
+    out = Path(out)
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == out else f"lies below the file {probe}"
+        raise ConfigError(f"{flag} {out} {what}; pass a folder")
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"{flag} {out}: cannot write in {probe} (permission denied); pass another {flag}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {out}: cannot write in {probe} ({exc.strerror or exc}); pass another {flag}"
+        ) from None

@@ -11,8 +11,6 @@ likelihood; titles say which. Everything is drawn from a fixed seed, so the same
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 from pyro_vae.config import DEVICES, check_seed, setting
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate.report import ACTIVE_UNIT_THRESHOLD
+from pyro_vae.files import check_out_folder
 from pyro_vae.images import DPI, _grid, _scale
 from pyro_vae.models import VAE
 from pyro_vae.parts.guides import GaussianPosterior
@@ -60,26 +59,6 @@ class PicturesConfig:
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path(str(Path(self.run_dir)).rstrip("/") + "-pictures")
-
-
-def check_out_folder(out: Path) -> None:
-    """Refuse, before any work, a folder the pictures cannot go to: a file, a folder below a file, or a
-    place where nothing can be written. Nothing is created here."""
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "is a file" if probe == out else f"lies below the file {probe}"
-        raise ConfigError(f"`out` {out} {what}; pass a folder for the pictures")
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"`out` {out}: cannot write in {probe} (permission denied); pass another `out`")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".pictures.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"`out` {out}: cannot write in {probe} ({exc.strerror or exc}); pass another `out`") from None
 
 
 def draw_pictures(config: PicturesConfig) -> list[Path]:
@@ -349,4 +328,4 @@ def _kl_per_unit(vae: VAE, x: torch.Tensor, title: str):
     return fig
 
 
-__all__ = ["FILES", "PicturesConfig", "check_out_folder", "draw_pictures", "make_figures", "unit_statistics"]
+__all__ = ["FILES", "PicturesConfig", "draw_pictures", "make_figures", "unit_statistics"]

@@ -12,16 +12,13 @@ The exit status is 1 if any step failed or timed out, 2 for bad arguments.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from pyro_vae.benchmark.check import CheckConfig, run_check
-from pyro_vae.errors import PyroVAEError, as_flags
+from pyro_vae.errors import OneLineParser, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
     d = CheckConfig()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="gpu_check.py", description=__doc__.splitlines()[0])
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes, help="wall time of the whole check")
     p.add_argument("--device", choices=("cuda", "cpu"), default=d.device, help="cpu: the dry run")
     p.add_argument("--data-dir", default=d.data_dir, help="folder holding MNIST/raw/*.gz (default %(default)s)")
@@ -30,11 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes everywhere (the CPU dry run)")
     p.add_argument("--k", type=int, default=d.k, help="importance samples of the evaluation (default %(default)s)")
     args = p.parse_args(argv)
-    try:
-        return run_check(CheckConfig(**vars(args)))
-    except PyroVAEError as exc:
-        print(f"error: {as_flags(str(exc))}", file=sys.stderr)
-        return 2
+    status = {}
+    code = run_script(lambda: status.update(code=run_check(CheckConfig(**vars(args)))))
+    return code if code else status["code"]
 
 
 if __name__ == "__main__":

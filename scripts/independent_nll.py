@@ -9,7 +9,6 @@ the two agree within their Monte-Carlo error when both are right).
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -38,16 +37,26 @@ def per_image_nll(vae, x: torch.Tensor, k: int, seed: int = 1) -> torch.Tensor:
     return torch.stack(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+    from pyro_vae.errors import OneLineParser, run_script
+
+    p = OneLineParser(prog="independent_nll.py", description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args()
+    return run_script(lambda: compare(args))
+
+
+def compare(args) -> None:
+    from pyro_vae.errors import ConfigError
+
+    if args.k < 1 or args.limit < 1:
+        raise ConfigError(f"--k and --limit must be positive, got {args.k} and {args.limit}")
     run = load_run_and_data(args.run_dir, checkpoint=args.checkpoint, limit=args.limit)
     if run.config.prior != "normal" or run.config.likelihood != "bernoulli" or run.config.model != "vae":
-        raise SystemExit("error: this cross-check is for one-layer runs with --prior normal --likelihood bernoulli")
+        raise ConfigError("this cross-check is for one-layer runs with --prior normal --likelihood bernoulli")
     ours = -importance_log_likelihood(run.vae, run.x, [args.k], seed=0)[args.k].double()
     theirs = per_image_nll(run.vae, run.x, args.k)
     diff = ours - theirs
@@ -59,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

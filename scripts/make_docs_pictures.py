@@ -21,7 +21,8 @@ SHOWN = ("samples.png", "reconstructions.png", "latent_plane.png")
 
 def main(argv: list[str] | None = None) -> int:
     from pyro_vae.cli import _Parser, _run
-    from pyro_vae.pictures import PicturesConfig, check_out_folder, draw_pictures
+    from pyro_vae.files import check_out_folder
+    from pyro_vae.pictures import PicturesConfig, draw_pictures
 
     p = _Parser(prog="make_docs_pictures.py", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="the run to draw (the quickstart's: runs/quickstart)")

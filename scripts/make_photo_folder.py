@@ -1,29 +1,33 @@
 """Write a folder of square photo crops from the photographs that ship with scikit-image (a dev extra),
 for trying and timing ``--dataset folder``: ``python scripts/make_photo_folder.py OUT --count 5000 --size 128``."""
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pyro_vae.errors import ConfigError, OneLineParser, run_script
+from pyro_vae.files import check_out_folder
 
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel", "rocket", "moon", "page")
 SMALLEST_SIDE = 191  # "page" is 191 x 384: every crop must fit in every photograph
 
 
 def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise ConfigError(message)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main() -> int:
+    p = OneLineParser(prog="make_photo_folder.py", description=__doc__.splitlines()[0])
     p.add_argument("out", help="folder to write (one subfolder per photograph: the classes)")
     p.add_argument("--count", type=int, default=5000, help="crops in all (default %(default)s)")
     p.add_argument("--size", type=int, default=128, help="side of each crop in pixels (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    return run_script(lambda: write_crops(args))
+
+
+def write_crops(args) -> None:
     if args.count < 1:
         _refuse(f"--count must be a positive number of crops, got {args.count}")
     if not 1 <= args.size <= SMALLEST_SIDE:
@@ -31,8 +35,7 @@ def main() -> None:
     if not 0 <= args.seed < 2**32:
         _refuse(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        _refuse(f"{out} is a file; pass a folder to write the crops into")
+    check_out_folder(out, "OUT")
     try:
         import skimage.data
     except ImportError:
@@ -58,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,12 +8,13 @@ they are the photographs' exact 8-bit values. Train on them with
 ``pyro-vae-train --dataset folder --data-dir OUT --likelihood discretized-mixture --net conv``.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pyro_vae.errors import ConfigError, OneLineParser, run_script
+from pyro_vae.files import check_out_folder
 
 # the photographs of everyday scenes that ship inside the scikit-image wheel (no download): colour,
 # 8 bits per channel; the synthetic ones (colorwheel, logo) and the mostly-black retina are left out
@@ -21,8 +22,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "h
 
 
 def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise ConfigError(message)
 
 
 def photographs() -> dict[str, np.ndarray]:
@@ -38,13 +38,17 @@ def photographs() -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> int:
+    p = OneLineParser(prog="make_photo_tiles.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder to write: OUT/train/ and OUT/test/")
     p.add_argument("--size", type=int, default=32, help="side of each tile in pixels (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="tiles of each photograph held out")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default %(default)s)")
     args = p.parse_args()
+    return run_script(lambda: write_tiles(args))
+
+
+def write_tiles(args) -> None:
     if not 4 <= args.size <= 256:
         _refuse(f"--size must be from 4 to 256 pixels, got {args.size}")
     if not 0 < args.test_fraction < 1:
@@ -52,7 +56,8 @@ def main() -> None:
     if not 0 <= args.seed < 2**32:
         _refuse(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_out_folder(out, "OUT")
+    if out.exists() and any(out.iterdir()):
         _refuse(f"{out} exists and is not an empty folder; pass a new folder")
     try:
         photos = photographs()
@@ -77,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

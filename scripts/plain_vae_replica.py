@@ -1,14 +1,12 @@
 """A plain-PyTorch replica of pythae's reproduction of the binarized-MNIST VAE (784-400-40, ReLU, the
 exp(log_var / 2) posterior scale, sigmoid + binary cross-entropy, closed-form KL, torch Adam, batch 100),
 written apart from this library, to compare its per-epoch validation -ELBO with a ``vae-static-mnist`` run's
-``metrics.csv``: ``python scripts/plain_vae_replica.py --data-dir ../shared/data --epochs 30``.
+``metrics.csv``: ``python scripts/plain_vae_replica.py --data-dir data --epochs 30``.
 
 Prints ``epoch,train -ELBO,validation -ELBO,seconds`` per epoch (nats per image).
 """
 
-import argparse
 import gzip
-import sys
 import time
 from pathlib import Path
 
@@ -21,21 +19,28 @@ from torch import nn
 def load(data_dir: Path, split: str, limit: int | None) -> torch.Tensor:
     path = data_dir / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"
     if not path.exists():
-        print(f"error: {path} not found; pass --data-dir holding binarized_mnist/", file=sys.stderr)
-        raise SystemExit(2)
+        from pyro_vae.errors import DataError
+
+        raise DataError(f"{path} not found; pass --data-dir holding binarized_mnist/")
     with gzip.open(path) as f:
         x = torch.tensor(np.loadtxt(f, max_rows=limit), dtype=torch.float32)
     return x
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="../shared/data")
+def main() -> int:
+    from pyro_vae.errors import OneLineParser, run_script
+
+    p = OneLineParser(prog="plain_vae_replica.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="./data", help="folder holding binarized_mnist/ (default %(default)s)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--limit", type=int, default=None, help="first N images of each split (smoke runs)")
     p.add_argument("--seed", type=int, default=123, help="pythae's seed (default %(default)s)")
     args = p.parse_args()
+    return run_script(lambda: replicate(args))
+
+
+def replicate(args) -> None:
     torch.manual_seed(args.seed)
     train, valid = load(Path(args.data_dir), "train", args.limit), load(Path(args.data_dir), "valid", args.limit)
     enc = nn.Sequential(nn.Linear(784, 400), nn.ReLU())
@@ -67,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -52,4 +52,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pyro_vae.errors import run_script
+
+    raise SystemExit(run_script(main))

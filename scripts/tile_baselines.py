@@ -7,30 +7,41 @@ discretised logistic per channel: location the training mean, one scale fitted o
 prints its difference from each baseline with the paired standard error over the tiles.
 """
 
-import argparse
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pyro_vae.errors import ConfigError, OneLineParser, run_script
+from pyro_vae.files import check_writable_file
 from pyro_vae.parts.discrete import discretized_logistic_log_prob
 
 
 def _refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise ConfigError(message)
 
 
 def load(folder: Path) -> np.ndarray:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         _refuse(f"no PNG tiles in {folder}; write them with scripts/make_photo_tiles.py")
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])  # (N, H, W, 3)
+    tiles = []
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                tiles.append(np.asarray(img.convert("RGB")))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            _refuse(f"{p} is not a readable image ({type(exc).__name__}); remove it or write the tiles again")
+    shapes = [t.shape for t in tiles]
+    usual = max(set(shapes), key=shapes.count)  # the size most tiles have; the odd ones are named
+    for p, t in zip(files, tiles, strict=True):
+        if t.shape != usual:
+            _refuse(f"{p} is {t.shape[1]}x{t.shape[0]}, the other tiles {usual[1]}x{usual[0]}; a set shares one size")
+    return np.stack(tiles)  # (N, H, W, 3)
 
 
 def compressed_bits_per_dim(tiles: np.ndarray, fmt: str, **options) -> np.ndarray:
@@ -83,13 +94,19 @@ def model_bits_per_dim(run_dir: str, test: np.ndarray, k: int) -> np.ndarray:
     return bits
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> int:
+    p = OneLineParser(prog="tile_baselines.py", description=__doc__.split("\n\n")[0])
     p.add_argument("tiles", help="folder with train/ and test/ tiles (scripts/make_photo_tiles.py)")
     p.add_argument("--out", default=None, help="JSON file for the figures")
     p.add_argument("--run", default=None, help="a run trained on these tiles: its bits/dim, paired with each row")
     p.add_argument("--k", type=int, default=10, help="importance samples per tile for --run (default 10)")
     args = p.parse_args()
+    return run_script(lambda: baselines(args))
+
+
+def baselines(args) -> None:
+    if args.out is not None:
+        check_writable_file(args.out, "--out", "baselines.json")  # before the work, not after
     if args.k < 1:
         _refuse(f"--k must be at least 1, got {args.k}")
     root = Path(args.tiles)
@@ -125,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -210,7 +210,7 @@ def test_photo_folder_script_writes_crops_of_every_photograph(tmp_path):
     proc = run(["scripts/make_photo_folder.py", str(tmp_path / "afile")])
     assert (proc.returncode, proc.stderr.strip()) == (
         2,
-        f"error: {tmp_path}/afile is a file; pass a folder to write the crops into",
+        f"error: OUT {tmp_path}/afile is a file; pass a folder",
     )
 
 
@@ -344,3 +344,92 @@ def test_the_plain_replica_trains_on_the_binarized_files(data_dir):
     assert proc.returncode == 0, proc.stderr
     rows = [line.split(",") for line in proc.stdout.strip().splitlines()[1:]]
     assert [int(r[0]) for r in rows] == [1, 2] and float(rows[1][2]) < float(rows[0][2])
+
+
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py"))
+
+
+def _into_a_closed_pipe(args: list[str]) -> subprocess.CompletedProcess:
+    """Run with standard output into a pipe whose reader closed it before the start (``... | head -c0``)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=600)  # fmt: skip
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_stops_quietly_when_its_reader_leaves(script):
+    # --help for those with flags; precision_report has none and prints its table
+    args = [f"scripts/{script}"] + ([] if script == "precision_report.py" else ["--help"])
+    proc = _into_a_closed_pipe(args)
+    assert (proc.returncode, proc.stderr) == (1, ""), proc.stderr
+
+
+def test_tile_baselines_into_a_closed_pipe_is_quiet(photo_tiles):
+    proc = _into_a_closed_pipe(["scripts/tile_baselines.py", str(photo_tiles)])
+    assert (proc.returncode, proc.stderr) == (1, ""), proc.stderr
+
+
+def _one_line(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("script", ["make_photo_tiles.py", "make_photo_folder.py"])
+def test_photo_scripts_refuse_an_output_they_cannot_write(tmp_path, script):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile / "out", "lies below the file"), (afile, "is a file"), ("/proc/pyro_vae_out", "")):
+        before = sorted(tmp_path.rglob("*"))
+        _one_line(run([f"scripts/{script}", str(out)]), f"error: OUT {out}")
+        assert message in run([f"scripts/{script}", str(out)]).stderr
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.fixture
+def bad_tiles(photo_tiles, tmp_path):
+    """A copy of the tiles, to damage."""
+    import shutil
+
+    out = tmp_path / "tiles"
+    shutil.copytree(photo_tiles, out)
+    return out
+
+
+def test_tile_baselines_refuse_bad_tiles_and_outputs_before_the_work(bad_tiles, tmp_path):
+    from PIL import Image
+
+    cases = []
+    (tmp_path / "afolder").mkdir()
+    cases.append(([str(bad_tiles), "--out", str(tmp_path / "afolder")], "--out", "is a folder"))
+    cases.append(([str(bad_tiles), "--run", str(tmp_path / "afolder")], "is not a run folder", ""))
+    for args, first, second in cases:
+        proc = run(["scripts/tile_baselines.py", *args])
+        _one_line(proc, first)
+        assert second in proc.stderr and proc.stdout == ""
+    odd = sorted((bad_tiles / "test").glob("*.png"))[0]
+    Image.new("RGB", (20, 30)).save(odd)
+    _one_line(run(["scripts/tile_baselines.py", str(bad_tiles)]), f"error: {odd} is 20x30")
+    odd.write_bytes(b"not a png at all")
+    _one_line(run(["scripts/tile_baselines.py", str(bad_tiles)]), f"error: {odd} is not a readable image")
+
+
+def test_gpu_check_refuses_outputs_under_a_file_and_leaves_nothing(tmp_path):
+    import glob
+    import tempfile
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    data = tmp_path / "data" / "MNIST" / "raw"
+    data.mkdir(parents=True)
+    temps = set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu_check_*")))
+    for flag in ("--out", "--work"):
+        args = ["scripts/gpu_check.py", "--device", "cpu", "--data-dir", str(tmp_path / "data"), flag, str(afile / "x")]
+        _one_line(run(args), f"error: {flag} {afile / 'x'} lies below the file")
+    _one_line(run(["scripts/gpu_check.py", "--device", "tpu"]), "invalid choice: 'tpu'")
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu_check_*"))) == temps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "data"]

@@ -110,7 +110,7 @@ class Check:
         self.start = clock()
         self.budget = cfg.budget_minutes * 60
         self.out = Path(cfg.out)
-        self.work = Path(cfg.work) if cfg.work else Path(tempfile.mkdtemp(prefix="gpu_check_"))
+        self._work = Path(cfg.work) if cfg.work else None  # a temporary folder is made only when the check runs
         self.data = str(Path(cfg.data_dir).resolve())
         self.env = child_env(self.data)
         self.steps: list[Step] = []
@@ -329,6 +329,13 @@ class Check:
             }
             self.write()
 
+    @property
+    def work(self) -> Path:
+        """Where the run folders go: ``work``, or a temporary folder made on first use."""
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+        return self._work
+
     def run_all(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -424,9 +431,11 @@ def check_arguments(cfg: CheckConfig) -> None:
     raw = Path(cfg.data_dir) / "MNIST" / "raw"
     if not raw.is_dir():
         raise ConfigError(f"no MNIST/raw under `data_dir` {cfg.data_dir}; pass the folder that holds MNIST/raw/*.gz")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"`out` {cfg.out} is a file; pass a folder for the three result files")
+    from pyro_vae.files import check_out_folder
+
+    check_out_folder(cfg.out, "`out`")
+    if cfg.work:
+        check_out_folder(cfg.work, "`work`")
     if cfg.device == "cuda":
         import torch
 
