@@ -465,6 +465,7 @@ BENCHMARK = [
     (["--seed", "-2"], "--seed must be an integer from 0"),
     (["--eval-k", "10000000"], "--eval-k must be at most 1,000,000"),
     (["--paths", "warp"], "invalid choice: 'warp'"),
+    (["--paths", "ours-mc", "pytorch", "ours-mc"], "--paths names ours-mc more than once; name each row once"),
     (["--data-dir", "NOWHERE"], "mnist not found in"),
     (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
     (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),

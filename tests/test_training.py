@@ -293,3 +293,12 @@ def test_the_guard_names_the_step_size_in_force_and_the_weight_decay(tmp_path, m
     msg = str(info.value)
     assert "try a lower step size (now 1e-05, `lr=0.001` scheduled by `lr_gamma=0.01`)" in msg
     assert "or a lower `weight_decay` (now 0.5: each step scales the weights by 1 − lr·λ)" in msg
+
+
+def test_milestones_past_the_last_epoch_are_named_not_silently_kept(tmp_path, capsys):
+    from pyro_vae.training.setup import late_milestones_note
+
+    assert late_milestones_note((2, 3), 5) is None and late_milestones_note(None, 5) is None
+    assert late_milestones_note((2, 5, 9), 5).startswith("note: the step-size milestones 5 9 lie at or past the")
+    train(tiny_config(tmp_path, epochs=2, lr_milestones=(1, 4)), data=make_tiny_data())
+    assert "note: the step-size milestones 4 lie at or past the last epoch (2)" in capsys.readouterr().out

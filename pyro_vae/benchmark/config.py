@@ -73,6 +73,9 @@ class BenchmarkConfig:
         check_count("load", self.load, "competing processes")
         if self.eval_k > MAX_K:
             raise ConfigError(f"`eval_k` must be at most {MAX_K:,}, got {self.eval_k}")
+        twice = sorted({p for p in self.paths if list(self.paths).count(p) > 1})
+        if twice:
+            raise ConfigError(f"`paths` names {', '.join(twice)} more than once; name each row once")
         unknown = [p for p in self.paths if p not in PATH_NOTES]
         if unknown:
             raise ConfigError(f"unknown benchmark paths {unknown}; choose from {', '.join(PATH_NOTES)}")

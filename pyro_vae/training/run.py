@@ -46,7 +46,7 @@ from pyro_vae.runs.folder import (
 from pyro_vae.training.graphs import GraphStep, make_capturable
 from pyro_vae.training.guard import StopRequests, snapshot, stop_nonfinite
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
-from pyro_vae.training.setup import Run, describe_objective, few_steps_note, setup_run
+from pyro_vae.training.setup import Run, describe_objective, few_steps_note, late_milestones_note, setup_run
 
 
 class Interrupted(PyroVAEError):
@@ -118,9 +118,12 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
                 (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
                 write_metrics(run.run_dir, [])
                 tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
-                few = few_steps_note(run.total_steps, len(run.batches), run.config.epochs)
-                if few:
-                    tqdm.write(few)
+                for note in (
+                    few_steps_note(run.total_steps, len(run.batches), run.config.epochs),
+                    late_milestones_note(run.config.lr_milestones, run.config.epochs),
+                ):
+                    if note:
+                        tqdm.write(note)
         return _fit(run, epoch=0, step=0, position=None, best=None)
     except BaseException:
         if run.world.main:  # stopped before its first checkpoint (a closed pipe, say): leave no half-made folder

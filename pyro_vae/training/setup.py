@@ -330,6 +330,18 @@ def _streamed(placement: str, images: torch.Tensor, device: torch.device) -> boo
 FEW_STEPS = 200
 
 
+def late_milestones_note(milestones: tuple[int, ...] | None, epochs: int) -> str | None:
+    """One line when step-size milestones lie at or past the last epoch: they change nothing in this run, and
+    apply only if it is resumed past them (a schedule written for a longer run, trained in parts)."""
+    late = [m for m in milestones or () if m >= epochs]
+    if not late:
+        return None
+    return (
+        f"note: the step-size milestones {' '.join(map(str, late))} lie at or past the last epoch ({epochs}); "
+        "the step size changes there only if the run is resumed past them"
+    )
+
+
 def few_steps_note(total: int, per_epoch: int, epochs: int) -> str | None:
     """One line when a run is too short to learn much, saying how short and what to change."""
     if total >= FEW_STEPS:
