@@ -247,3 +247,22 @@ def test_a_guide_of_your_own_trains_and_must_be_passed_back(tmp_path, tiny_data)
     vae = load_run(result.run_dir, posterior=ScaledGaussian())[0]
     assert vae.posterior.log_widen.item() == result.vae.posterior.log_widen.item()
     assert evaluate(vae, tiny_data.test[:8], [1, 5], batch_size=4)["nll"]["5"]["mean"] > 0
+
+
+def test_a_run_folder_whose_settings_name_another_guide_is_refused_by_evaluate_and_resume(tmp_path, capsys):
+    """config.json edited to name another guide than the checkpoint's: both evaluate and resume say so."""
+    import json
+
+    from pyro_vae.runs import CheckpointError, load_run_and_data
+
+    from conftest import make_tiny_data
+
+    data = make_tiny_data()
+    run = train(tiny_config(tmp_path, epochs=1, guide="iaf", flows=1, flow_hidden=(8,)), data=data).run_dir
+    settings = json.loads((run / "config.json").read_text())
+    settings["guide"] = "householder"
+    (run / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(CheckpointError, match="saved with guide='iaf' but the run asks for guide='householder'"):
+        load_run_and_data(run, data=data)
+    with pytest.raises(CheckpointError, match="guide='iaf'"):
+        resume(run, epochs=2, data=data)

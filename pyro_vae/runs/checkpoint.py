@@ -47,6 +47,10 @@ MODEL_FIELDS = (
     "prior",
     "likelihood",
     "likelihood_scale",
+    "mixture_components",
+    "guide",
+    "flows",
+    "flow_hidden",
 )
 
 
