@@ -72,6 +72,7 @@ class EpochProgress:
     batches: int  # steps taken
     stopped: bool = False  # a stop was requested
     nonfinite: bool = False  # a NaN/Inf loss or gradient was seen since the last good check
+    own: torch.Tensor | None = None  # this rank's own part of ``total`` (under torchrun; else ``total``)
 
 
 def run_epoch(
@@ -171,21 +172,21 @@ def run_epoch(
             if taken % log_every == 0:
                 nonfinite, now, stop = check(distributed and should_stop is not None and should_stop())
                 if nonfinite:
-                    return EpochProgress(summed(now), step, taken, nonfinite=True)
+                    return EpochProgress(summed(now), step, taken, nonfinite=True, own=total)
                 if on_check is not None:
                     on_check(taken, step, now)
                 if bar is not None and not bar.disable:
                     bar.set_postfix(loss=f"{(now - total_at_log) / max(bar.n - seen_at_log, 1):.2f}")
                     seen_at_log, total_at_log = bar.n, now
                 if stop:
-                    return EpochProgress(summed(now), step, taken, stopped=True)
+                    return EpochProgress(summed(now), step, taken, stopped=True, own=total)
             if not distributed and should_stop is not None and should_stop():
                 nonfinite, now, _ = check(False)
-                return EpochProgress(summed(now), step, taken, stopped=True, nonfinite=nonfinite)
+                return EpochProgress(summed(now), step, taken, stopped=True, nonfinite=nonfinite, own=total)
             if max_steps is not None and taken >= max_steps:
                 break
     nonfinite, now, _ = check(False)
-    return EpochProgress(summed(now), step, taken, nonfinite=nonfinite)
+    return EpochProgress(summed(now), step, taken, nonfinite=nonfinite, own=total)
 
 
 def layer_weights(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -16,7 +16,14 @@ from tqdm import tqdm
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import ImageData, ShardedBatches
-from pyro_vae.distributed import agreed, derive_seed, first_given, is_collective_failure, lost_contact
+from pyro_vae.distributed import (
+    agreed,
+    derive_seed,
+    first_given,
+    gather_objects,
+    is_collective_failure,
+    lost_contact,
+)
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
 from pyro_vae.models import VAE, build_vae_from_config
@@ -291,8 +298,11 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             else:
                 perm, start = position["perm"].to(device), position["batch"]
                 carried, elapsed = position["total"], position["seconds"]
+                # each rank goes on from its own part of the sum, so the epoch's float32 additions come in the
+                # order of a run never stopped; an older checkpoint has the sum alone, on rank 0
+                ranks = position.get("rank_totals")
+                carried = ranks[run.world.rank] if ranks and len(ranks) == run.world.size else carried if main else 0.0
                 position = None
-            carried = carried if main else 0.0  # the epoch's loss so far is summed over the ranks again
             bar = tqdm(
                 total=len(perm),
                 initial=min(start * config.batch_size, len(perm)),
@@ -335,6 +345,8 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             done = start + progress.batches
             if progress.stopped and done < len(run.batches):
                 at = {"perm": perm.cpu(), "batch": done, "total": progress.total.item(), "seconds": seconds}
+                if run.world.distributed:  # a collective: every rank's own part of the sum, for an exact resume
+                    at["rank_totals"] = gather_objects(float(progress.own.item()))
                 _interrupt(run, first_given(stop.signum), epoch, step, at, best)
             epoch += 1
             train_loss = progress.total.item() / len(perm)
