@@ -473,6 +473,7 @@ BENCHMARK = [
     (["--threads", "0"], "--threads must be positive, got 0"),
     (["--threads", "1e9"], "--threads 1e+09 asks for more threads than the"),
     (["--load", "1000000000000"], "--load 1e+12 asks for more competing processes than the"),
+    (["--num-workers", "1000000000"], "--num-workers 1e+09 asks for more DataLoader worker processes than the"),
     (["--breakdown", "--device", "cuda"], "the step breakdown times the CPU step; drop --device cuda"),
     # the output file is checked before minutes of timing, not written to after them
     (["--out", "HERE"], "is a folder; pass a file name such as"),

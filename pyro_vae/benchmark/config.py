@@ -71,6 +71,7 @@ class BenchmarkConfig:
                 raise ConfigError(f"`{name}` must be positive, got {value}")
         check_count("threads", self.threads)
         check_count("load", self.load, "competing processes")
+        check_count("num_workers", self.num_workers, "DataLoader worker processes")
         if self.eval_k > MAX_K:
             raise ConfigError(f"`eval_k` must be at most {MAX_K:,}, got {self.eval_k}")
         twice = sorted({p for p in self.paths if list(self.paths).count(p) > 1})
