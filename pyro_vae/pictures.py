@@ -328,4 +328,36 @@ def _kl_per_unit(vae: VAE, x: torch.Tensor, title: str):
     return fig
 
 
-__all__ = ["FILES", "PicturesConfig", "draw_pictures", "make_figures", "unit_statistics"]
+@torch.no_grad()
+def label_figures(vae: VAE, x: torch.Tensor, labels: torch.Tensor, title: str = "", seed: int = 0) -> dict:
+    """The class-conditional pictures of a semi-supervised VAE (:class:`pyro_vae.models.m2.SemiSupervisedVAE`):
+    ``"analogies.png"``, each row one test image's style z (the mean of q(z | x, y) at its true label) decoded
+    with every class in turn; and ``"samples_by_class.png"``, one row per class of draws z ~ p(z). Drawn from
+    ``seed`` in a forked RNG.
+
+    :param x: held-out images, prepared for the likelihood; ``labels``: their true labels.
+    """
+    classes = vae.classes  # type: ignore[attr-defined]
+    shown = "x ~ p(x | z, y)" if vae.pictures == "draw" else "E[x | z, y]"
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), vae.registration(False):
+        torch.manual_seed(seed)
+        picked = torch.randperm(len(x))[: min(8, len(x))].to(x.device)
+        y = labels.to(x.device)[picked].long()
+        style = vae.posterior_means(x[picked], y)[0]  # type: ignore[call-arg]
+        every = torch.arange(classes, device=x.device)
+        rows = [
+            torch.cat([_unit(vae, x[i : i + 1]), vae.decode_labelled(s.expand(classes, -1), every)])  # type: ignore[attr-defined]
+            for i, s in zip(picked, style, strict=True)
+        ]
+        grid, analogies = _grid_figure(torch.cat(rows), classes + 1)
+        xlabel = f"the test image, then its style decoded as class 0 … {classes - 1}"
+        _image_axes(analogies.subplots(), grid, f"{title}: {shown}, analogies", xlabel, "test image")
+        z = vae.prior().sample((8,))
+        drawn = torch.cat([vae.decode_labelled(z, torch.full((8,), c, device=z.device)) for c in range(classes)])  # type: ignore[attr-defined]
+        grid, samples = _grid_figure(drawn, 8)
+        _image_axes(samples.subplots(), grid, f"{title}: {shown}, z ~ p(z), one row per class", "draw of z",
+                    f"class 0 (top) … {classes - 1}")  # fmt: skip
+    return {"analogies.png": analogies, "samples_by_class.png": samples}
+
+
+__all__ = ["FILES", "PicturesConfig", "draw_pictures", "label_figures", "make_figures", "unit_statistics"]

@@ -267,3 +267,24 @@ def test_parallel_and_sequential_enumeration_agree(setup):
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))
     assert abs(a.mean() - b.mean()) < 4 * se
     assert a.std() > 0  # the draws do vary: the check is not comparing constants
+
+
+def test_class_conditional_pictures_have_a_row_per_image_and_per_class():
+    from pyro_vae.pictures import label_figures
+
+    vae = build_m2((1, 8, 8), classes=4, z_dim=2, hidden=(16,))
+    x = torch.bernoulli(torch.full((10, 1, 8, 8), 0.4))
+    labels = torch.arange(10) % 4
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    figures = label_figures(vae, x, labels, "m2", seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left as it was
+    assert sorted(figures) == ["analogies.png", "samples_by_class.png"]
+    for fig in figures.values():
+        ax = fig.axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    # 8 analogy rows of 1 + 4 tiles, and 4 class rows of 8 draws (8x8 tiles, 2-pixel gutters)
+    grid = figures["analogies.png"].axes[0].get_images()[0].get_array()
+    assert grid.shape[:2] == (8 * 10 + 2, 5 * 10 + 2)
+    grid = figures["samples_by_class.png"].axes[0].get_images()[0].get_array()
+    assert grid.shape[:2] == (4 * 10 + 2, 8 * 10 + 2)
