@@ -11,6 +11,7 @@ COMMANDS = ("train", "evaluate", "pictures", "benchmark", "reproduce")
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pyro_vae import cli
+    from pyro_vae.errors import stdout_gone
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -19,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(usage, file=sys.stdout if args else sys.stderr, flush=True)
         except BrokenPipeError:
-            cli._stdout_gone()
+            stdout_gone()
             return 1
         return 0 if args else 2
     command, rest = args[0], args[1:]

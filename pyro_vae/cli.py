@@ -17,8 +17,6 @@ from pyro_vae.config import DEVICES, TrainConfig
 from pyro_vae.errors import ConfigError, OneLineParser, PyroVAEError, as_flags, stdout_gone
 from pyro_vae.files import read_settings_file
 
-_Parser = OneLineParser
-
 
 def _int(text: str) -> int:
     """An integer flag value; ``1e6`` is taken as 1000000 (a whole number written as a float)."""
@@ -49,7 +47,7 @@ def _given_only(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def train_parser() -> argparse.ArgumentParser:
     """``pyro-vae-train``'s flags: one per :class:`TrainConfig` field, with the field's own help text."""
-    p = _Parser(
+    p = OneLineParser(
         prog="pyro-vae-train",
         description="Train a Pyro VAE with SVI on MNIST, Fashion-MNIST, binarized MNIST, CIFAR-10 or your images.",
     )
@@ -118,9 +116,6 @@ def _distributed(fn: Callable[[], None], device: str, timeout: float | None) -> 
     return go
 
 
-_stdout_gone = stdout_gone
-
-
 def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
     """Run ``fn``; a user error is one line on stderr and exit 2, its settings spelled as flags
     (``aliases``: settings whose flag is named otherwise). A closed standard output ends it quietly, exit 1.
@@ -135,7 +130,7 @@ def _run(fn: Callable[[], None], aliases: dict[str, str] | None = None) -> int:
             fn()
             sys.stdout.flush()  # a reader that left (`| head`) shows up here, not in the interpreter's exit
         except BrokenPipeError:
-            _stdout_gone()
+            stdout_gone()
             return 1
         except Interrupted as exc:
             if main_process():  # under torchrun every rank stopped at the same step; rank 0 says so
@@ -218,7 +213,7 @@ def _flag(dest: str) -> str:
 
 def _fields_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """A command whose flags are the fields of the settings dataclass ``cls``; ``run_dir`` is positional."""
-    p = _Parser(prog=prog, description=description)
+    p = OneLineParser(prog=prog, description=description)
     for f in dataclasses.fields(cls):
         if f.name == "run_dir":
             p.add_argument("run_dir", help=f.metadata["help"])
@@ -285,7 +280,7 @@ def benchmark_parser() -> argparse.ArgumentParser:
     from pyro_vae.benchmark import PATH_NOTES, BenchmarkConfig
 
     d = BenchmarkConfig()
-    p = _Parser(
+    p = OneLineParser(
         prog="pyro-vae-benchmark",
         description="Time pyro_vae's training path against the conventional Pyro loop and plain PyTorch, "
         "and batched against per-image held-out evaluation.",
@@ -345,7 +340,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
 
 
 def reproduce_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="pyro-vae-reproduce",
         description="Train a published recipe and score it with the paper's protocol: one row beside the "
         "paper's number. Running it again on the same --out resumes or re-scores the run.",

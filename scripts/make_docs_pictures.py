@@ -20,11 +20,11 @@ SHOWN = ("samples.png", "reconstructions.png", "latent_plane.png")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pyro_vae.cli import _Parser, _run
+    from pyro_vae.errors import OneLineParser, run_script
     from pyro_vae.files import check_out_folder
     from pyro_vae.pictures import PicturesConfig, draw_pictures
 
-    p = _Parser(prog="make_docs_pictures.py", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="make_docs_pictures.py", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="the run to draw (the quickstart's: runs/quickstart)")
     p.add_argument("--out", default=str(ROOT / "docs" / "_static" / "pictures"), help="where the pictures go")
     args = p.parse_args(argv)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copyfile(Path(tmp) / "pictures" / name, out / name)
         print(f"wrote {', '.join(SHOWN)} to {out}")
 
-    return _run(go)
+    return run_script(go)
 
 
 if __name__ == "__main__":
