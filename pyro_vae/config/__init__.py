@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from pyro_vae.config.checks import (
+    DATASETS,
+    DEVICES,
+    ELBOS,
+    GUIDE_NAMES,
+    INFERENCES,
+    LIKELIHOOD_NAMES,
+    MODELS,
+    NETS,
+    PLACEMENTS,
+    PRIOR_NAMES,
+    SCHEDULES,
+    WARMUP_UNITS,
+    check_seed,
+    check_types,
+    validate,
+)
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import OBJECTIVES, SCHEDULES
-from pyro_vae.parts.guides import GUIDES
-from pyro_vae.parts.likelihoods import LIKELIHOODS
-from pyro_vae.parts.nets import NETWORKS
-from pyro_vae.parts.priors import PRIORS
-
-DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
-DEVICES = ("auto", "cpu", "cuda")
-PLACEMENTS = ("auto", "resident", "stream")
-MODELS = ("vae", "ladder")
-INFERENCES = ("ladder", "bottom-up")
-WARMUP_UNITS = ("epochs", "steps")
-ELBOS = tuple(OBJECTIVES)
-PRIOR_NAMES = tuple(PRIORS)
-NETS = tuple(NETWORKS)
-LIKELIHOOD_NAMES = tuple(LIKELIHOODS)
-GUIDE_NAMES = tuple(GUIDES)
 
 
 def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
@@ -224,113 +223,9 @@ class TrainConfig:
         check_all_used(self, {f.name: f.default for f in dataclasses.fields(self)})
         return self
 
-    def _check_guide(self) -> None:
-        if not 1 <= self.flows <= 64:
-            raise ConfigError(f"`flows` must be from 1 to 64, got {self.flows}")
-        if self.guide == "gaussian" and (self.flows != 2 or tuple(self.flow_hidden) != (256,)):
-            raise ConfigError(
-                "`flows` and `flow_hidden` shape a flow guide; with `guide=gaussian` they do nothing: drop them"
-            )
-        if self.guide != "gaussian" and self.model == "ladder":
-            raise ConfigError(
-                f"`guide={self.guide}` is for the one-layer VAE: the ladder's posterior is already a top-down "
-                "hierarchy of Gaussians merged with the data, with no flow built in; use `model=vae`"
-            )
-
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first impossible setting; return ``self``."""
-        _check_types(self)
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("model", self.model, MODELS)
-        _choice("inference", self.inference, INFERENCES)
-        _choice("net", self.net, NETS, custom=True)
-        if self.free_bits and self.elbo == "iwae":
-            raise ConfigError("`free_bits` applies to the ELBO's KL term; the IWAE bound has none: drop one of them")
-        _choice("elbo", self.elbo, ELBOS)
-        _choice("prior", self.prior, PRIOR_NAMES, custom=True)
-        _choice("likelihood", self.likelihood, LIKELIHOOD_NAMES, custom=True)
-        _choice("guide", self.guide, GUIDE_NAMES, custom=True)
-        _choice("kl_schedule", self.kl_schedule, SCHEDULES)
-        _choice("warmup_unit", self.warmup_unit, WARMUP_UNITS)
-        _choice("device", self.device, DEVICES)
-        _choice("data_placement", self.data_placement, PLACEMENTS)
-        for name in ("image_size", "patches", "conv_depth"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-                _not_huge(name, getattr(self, name))
-        if self.channels is not None and self.channels not in (1, 3):
-            raise ConfigError(f"`channels` must be 1 or 3, got {self.channels}")
-        if not (math.isfinite(self.test_fraction) and 0 < self.test_fraction < 1):
-            raise ConfigError(f"`test_fraction` must be between 0 and 1, got {self.test_fraction}; e.g. 0.1")
-        for name in ("decoder_hidden", "conv_channels", "conv_strides", "latents", "lr_milestones", "flow_hidden"):
-            value = getattr(self, name)
-            if value is not None and (not value or any(v <= 0 for v in value)):
-                raise ConfigError(f"{_named(name)} must be one or more positive integers, got {list(value)}")
-            for v in value or ():
-                _not_huge(name, v)
-        if len(self.conv_channels) != len(self.conv_strides):
-            raise ConfigError(
-                f"`conv_channels` and `conv_strides` need one value per layer, got {len(self.conv_channels)} "
-                f"and {len(self.conv_strides)}"
-            )
-        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ConfigError(f"`conv_kernel` must be odd (3, 5, ...), got {self.conv_kernel}")
-        for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
-            _positive(name, getattr(self, name))
-            _not_huge(name, getattr(self, name))
-        for name in ("limit_train", "limit_test", "keep_checkpoints", "threads"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        self._check_guide()
-        if not 1 <= self.mixture_components <= 100:
-            raise ConfigError(f"`mixture_components` must be from 1 to 100, got {self.mixture_components}")
-        if self.mixture_components != 10 and self.likelihood not in ("discretized-mixture", "autoregressive-mixture"):
-            raise ConfigError(
-                "`mixture_components` applies to `likelihood=discretized-mixture` and `autoregressive-mixture` "
-                f"only, not `likelihood={self.likelihood}`: drop it"
-            )
-        for name in ("seed", "test_binarization_seed", "split_seed"):
-            check_seed(_named(name), getattr(self, name))
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise ConfigError(
-                f"`hidden` must be one or more positive widths, got {list(self.hidden)}; e.g. `hidden=400`"
-            )
-        for h in self.hidden:
-            _not_huge("hidden", h)
-        if not self.data_dir:
-            raise ConfigError("`data_dir` is empty; pass the folder holding the data, e.g. `data_dir=./data`")
-        if self.out is not None and not str(self.out).strip():
-            raise ConfigError("`out` is empty; pass a folder name, or leave `out` out for runs/<name>-<time>")
-        _finite_positive("lr", self.lr, "e.g. `lr=1e-3`")
-        _finite_positive("lr_gamma", self.lr_gamma, "e.g. `lr_gamma=0.5`")
-        if self.lr_milestones is not None:
-            if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
-                raise ConfigError(
-                    f"`lr_milestones` must be increasing epochs, got {list(self.lr_milestones)}; "
-                    "e.g. `lr_milestones=200 350`"
-                )
-            if self.cuda_graphs:
-                raise ConfigError(
-                    "`lr_milestones` cannot change the step size of a captured `cuda_graphs` step; drop one of them"
-                )
-        if self.clip_grad is not None:
-            _finite_positive("clip_grad", self.clip_grad, "e.g. `clip_grad=100`")
-        if self.time_limit is not None:
-            _finite_positive("time_limit", self.time_limit, "minutes, e.g. `time_limit=10`")
-        _finite_positive("likelihood_scale", self.likelihood_scale, "e.g. `likelihood_scale=0.1`")
-        if self.validation < 0:
-            raise ConfigError(f"`validation` must be >= 0, got {self.validation}")
-        for name, example in (
-            ("beta", "e.g. `beta=1`"),
-            ("warmup", "e.g. `warmup=5`"),
-            ("free_bits", "e.g. 0.1"),
-            ("weight_decay", "e.g. `weight_decay=0.01`"),
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{_named(name)} must be a finite number >= 0, got {value}; {example}")
-        _check_schedule(self)
-        return self
+        return validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -356,97 +251,10 @@ class TrainConfig:
                 d[name] = tuple(d[name])
         config = cls(**d)
         try:
-            _check_types(config)
+            check_types(config)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         return config
-
-
-def _named(name: str) -> str:
-    # a setting as messages name it; the command line shows it as its flag (pyro_vae.errors.as_flags)
-    return f"`{name}`"
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...], custom: bool = False) -> None:
-    # "custom" marks a part passed as a module (train(config, vae=...)); it is not offered as a flag
-    if value not in choices and not (custom and value == "custom"):
-        raise ConfigError(f"unknown `{name}={value!r}`; choose one of {', '.join(choices)}")
-
-
-def _check_schedule(c: TrainConfig) -> None:
-    """Every step size the schedule reaches can train (below 1e30: float32 weights moved that far overflow their
-    squares), and with the weight decay keeps lr·λ < 1 (a step scales weights by 1 − lr·λ); refused up front."""
-    for k in range(len(c.lr_milestones or ()) + 1):
-        step = math.exp(math.log(c.lr) + k * math.log(c.lr_gamma))  # in logs: a huge lr_gamma**k cannot overflow
-        if not step < 1e30 or step * c.weight_decay >= 1:
-            why = f"and lr·λ = {step * c.weight_decay:g} ≥ 1 with `weight_decay`" if step < 1e30 else "unusable"
-            raise ConfigError(f"the step size reaches {step:g} (`lr` × `lr_gamma`^{k}), {why}; lower them")
-
-
-def _positive(name: str, value: int) -> None:
-    if not value > 0:
-        raise ConfigError(f"{_named(name)} must be a positive integer, got {value}")
-
-
-# no tensor dimension, batch or count can be larger than this (torch indexes with 64-bit integers,
-# and no memory holds 2**40 float32 values); larger values are refused by name before any estimate
-MAX_SIZE = 2**40
-
-
-def _not_huge(name: str, value: int) -> None:
-    if value > MAX_SIZE:
-        raise ConfigError(f"`{name}={value:.3g}` is beyond any memory (at most 2**40); lower it")
-
-
-def _finite_positive(name: str, value: float, example: str) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{_named(name)} must be a finite number > 0, got {value}; {example}")
-
-
-# pyro.set_rng_seed seeds NumPy too, which takes seeds in [0, 2**32)
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(flag: str, value: int) -> None:
-    """Refuse a seed that Python, NumPy and torch cannot all take."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {value}")
-
-
-def _check_types(config: TrainConfig) -> None:
-    """Each setting has its field's type (settings files can hold anything)."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        kinds = _FIELD_TYPES[str(f.type)]
-        ok = any(
-            value is None
-            if k is type(None)
-            else isinstance(value, k) and not (isinstance(value, bool) and k is not bool)
-            for k in kinds
-        )
-        if f.name in _TUPLE_FIELDS and ok and value is not None:
-            ok = all(isinstance(h, int) and not isinstance(h, bool) for h in value)
-        if not ok:
-            want = (
-                "a list of integers"
-                if f.name == "hidden"
-                else " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-            )
-            raise ConfigError(f"{_named(f.name)} must be {want}, got {value!r}")
-
-
-# annotation text -> accepted Python types (an int is a valid float)
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "bool": (bool,),
-    "int": (int,),
-    "float": (float, int),
-    "float | None": (float, int, type(None)),
-    "int | None": (int, type(None)),
-    "str | None": (str, type(None)),
-    "tuple[int, ...]": (tuple, list),
-    "tuple[int, ...] | None": (tuple, list, type(None)),
-}
 
 
 # the settings that hold several integers: tuples here, lists in JSON
@@ -456,4 +264,14 @@ _TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if str(f.t
 RUN_RECORD_KEYS = ("objective", "versions", "data", "custom", "world_size", "recipe")
 
 
-__all__ = ["DATASETS", "DEVICES", "ELBOS", "LIKELIHOOD_NAMES", "NETS", "PRIOR_NAMES", "SCHEDULES", "TrainConfig"]
+__all__ = [
+    "DATASETS",
+    "DEVICES",
+    "ELBOS",
+    "LIKELIHOOD_NAMES",
+    "NETS",
+    "PRIOR_NAMES",
+    "SCHEDULES",
+    "TrainConfig",
+    "check_seed",
+]
