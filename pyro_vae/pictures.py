@@ -62,7 +62,8 @@ class PicturesConfig:
 
 
 def draw_pictures(config: PicturesConfig) -> list[Path]:
-    """Load ``config.run_dir`` with its held-out data and write the six pictures (:data:`pyro_vae.pictures.FILES`).
+    """Load ``config.run_dir`` with its held-out data and write the six pictures (:data:`pyro_vae.pictures.FILES`),
+    and for an M2 run the two class-conditional ones of :func:`label_figures`.
 
     :returns: the files written.
     """
@@ -76,9 +77,10 @@ def draw_pictures(config: PicturesConfig) -> list[Path]:
     run = load_run_and_data(
         config.run_dir, checkpoint=config.checkpoint, device=device, data_dir=config.data_dir, limit=config.limit
     )
-    figures = make_figures(
-        run.vae, run.x, run.labels, f"{Path(config.run_dir).name}, epoch {run.state['epoch']}", config.seed
-    )
+    title = f"{Path(config.run_dir).name}, epoch {run.state['epoch']}"
+    figures = make_figures(run.vae, run.x, run.labels, title, config.seed)
+    if hasattr(run.vae, "classify"):  # M2: the class-conditional pictures too
+        figures.update(label_figures(run.vae, run.x, run.labels, title, config.seed))
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed run leaves nothing
     paths = []
     for name, fig in figures.items():
@@ -280,7 +282,10 @@ def unit_statistics(vae: VAE, x: torch.Tensor, draws: int = 16, batch: int = 500
         return out
     total = torch.zeros_like(out[0]["activity"])
     for i in range(0, len(x), batch):
-        loc, scale, _ = vae._encode(x[i : i + batch])
+        if hasattr(vae, "classify"):  # M2: q(z | x, y) at the label its classifier gives
+            loc, scale = vae.encoder(vae.encoder_input(x[i : i + batch]), vae.classify(x[i : i + batch]))
+        else:
+            loc, scale, _ = vae._encode(x[i : i + batch])
         q = torch.distributions.Normal(loc.double(), scale.double())
         p = _double(base)
         try:

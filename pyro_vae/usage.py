@@ -30,6 +30,7 @@ _APPLIES_ONLY: list[tuple[tuple[str, ...], Any, str]] = [
         "`likelihood` " + ", ".join(_SCALED),
     ),
     (("particles",), lambda c: c.elbo == "iwae", "`elbo=iwae`"),
+    (("labels", "classifier_weight"), lambda c: c.model == "m2", "`model=m2`"),
     (("warmup", "warmup_unit"), lambda c: c.kl_schedule == "linear", "`kl_schedule=linear`"),
     (("cycles",), lambda c: c.kl_schedule == "cyclical", "`kl_schedule=cyclical`"),
     (("lr_gamma",), lambda c: c.lr_milestones is not None, "`lr_milestones`"),

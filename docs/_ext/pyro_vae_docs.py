@@ -22,7 +22,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "cache_dir", "data_placement", "limit_train", "limit_test", "validation", "test_binarization_seed",
     ),
     "model": (
-        "model", "inference", "latents", "batch_norm", "net", "z_dim", "hidden", "decoder_hidden", "conv_channels",
+        "model", "inference", "latents", "batch_norm", "labels", "classifier_weight", "net", "z_dim", "hidden", "decoder_hidden", "conv_channels",
         "conv_strides", "conv_kernel", "conv_depth", "prior", "likelihood", "likelihood_scale", "mixture_components",
         "guide", "flows", "flow_hidden",
     ),

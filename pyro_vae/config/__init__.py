@@ -58,8 +58,13 @@ class TrainConfig:
     data_placement: str = setting(
         "auto", "training images on the device, or streamed from host memory", choices=PLACEMENTS
     )
-    #: "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy)
-    model: str = setting("vae", "one latent layer, or a hierarchy", choices=MODELS)
+    #: "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy); "m2": the label as a
+    #: discrete latent, summed out by enumeration where it is unknown (pyro_vae.models.m2)
+    model: str = setting("vae", "one latent layer, a hierarchy, or M2 (semi-supervised)", choices=MODELS)
+    #: --model m2: the labelled share of the training set, drawn with `seed`, the same number per class
+    labels: int | None = setting(None, "`model=m2`: labelled training images, balanced over the classes")
+    #: --model m2: Kingma et al.'s alpha over N (their eq. 9 uses alpha = 0.1 N for the classifier's term)
+    classifier_weight: float = setting(0.1, "`model=m2`: alpha / N, the weight of the classifier term")
     #: --model ladder: "ladder" (merged top-down) or "bottom-up" q(z_1|x) q(z_2|z_1) ...
     inference: str = setting(
         "ladder", "`model=ladder`: merged top-down (ladder) or q(z1|x) q(z2|z1) ...", choices=INFERENCES

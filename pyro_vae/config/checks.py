@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 PLACEMENTS = ("auto", "resident", "stream")
-MODELS = ("vae", "ladder")
+MODELS = ("vae", "ladder", "m2")
 INFERENCES = ("ladder", "bottom-up")
 WARMUP_UNITS = ("epochs", "steps")
 ELBOS = tuple(OBJECTIVES)
@@ -89,6 +89,7 @@ def validate(c: TrainConfig) -> TrainConfig:
         if getattr(c, name) is not None:
             _positive(name, getattr(c, name))
     _check_guide(c)
+    _check_labels(c)
     if not 1 <= c.mixture_components <= 100:
         raise ConfigError(f"`mixture_components` must be from 1 to 100, got {c.mixture_components}")
     if c.mixture_components != 10 and c.likelihood not in ("discretized-mixture", "autoregressive-mixture"):
@@ -135,6 +136,35 @@ def validate(c: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{_named(name)} must be a finite number >= 0, got {value}; {example}")
     _check_schedule(c)
     return c
+
+
+def _check_labels(c: TrainConfig) -> None:
+    if c.model != "m2":
+        return
+    if c.labels is None:
+        raise ConfigError("`model=m2` trains on a labelled share of the images: pass `labels=N`, e.g. `labels=100`")
+    _positive("labels", c.labels)
+    if not c.validation:
+        raise ConfigError(
+            "`model=m2` keeps best.pt by accuracy on labelled held-out images: pass `validation=N`, "
+            "e.g. `validation=10000` for MNIST"
+        )
+    if c.elbo != "mc":
+        raise ConfigError(
+            f"`model=m2` sums the label out with TraceEnum_ELBO, whose KL for z is Monte-Carlo; `elbo={c.elbo}` "
+            "does not apply: drop it"
+        )
+    if c.prior == "vamp":
+        raise ConfigError(
+            "`prior=vamp` reads the encoder at pseudo-inputs, which in M2 would need labels too; choose another prior"
+        )
+    if c.free_bits:
+        raise ConfigError("`free_bits` is not built for `model=m2`: drop it")
+    if c.guide != "gaussian":
+        raise ConfigError(f"`guide={c.guide}` is for `model=vae`; M2's q(z|x,y) is Gaussian: drop it")
+    if c.cuda_graphs:
+        raise ConfigError("`cuda_graphs` captures the one-set ELBO step; `model=m2` mixes two sets: drop it")
+    _finite_positive("classifier_weight", c.classifier_weight, "e.g. `classifier_weight=0.1`")
 
 
 def _named(name: str) -> str:

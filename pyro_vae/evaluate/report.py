@@ -154,7 +154,13 @@ def _elbo_label(name: str, kinds: Sequence[str]) -> str:
 def format_table(result: dict) -> str:
     """The evaluation as an aligned text table."""
     rows = [("quantity", "nats/point", "s.e.", "")]
+    if "accuracy" in result:  # M2: its classifier q(y|x), as a share of images labelled right
+        a = result["accuracy"]
+        rows.append(("accuracy of q(y|x)", f"{a['mean']:.4f}", f"{a['se']:.4f}", "share of images"))
     for name, e in result["elbo"].items():
+        if "label" in e:  # M2: the label given, or summed out
+            rows.append((f"-ELBO, {e['label']}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
+            continue
         label = _elbo_label(name, e["kl_kind"])
         rows.append((f"-ELBO, {label}", f"{e['neg_elbo']['mean']:.3f}", f"{e['neg_elbo']['se']:.3f}", ""))
         rows.append(("  reconstruction E[log p(x|z)]", f"{e['reconstruction']['mean']:.3f}", "", ""))

@@ -88,15 +88,23 @@ def evaluate_run(config: EvalConfig, *, say: Any = print) -> dict:
         )
         if main:
             results.check_results_file(out)  # before the work, not after
-    result = evaluate(
-        loaded.vae,
-        loaded.x,
-        config.k,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        elbo_particles=config.elbo_particles,
-        progress=config.progress and main,
-    )
+    if hasattr(loaded.vae, "classify"):  # M2: accuracy, the two ELBOs, log p(x) with y summed exactly
+        from pyro_vae.evaluate.labels import evaluate_labels
+
+        if world().distributed:
+            raise ConfigError("an M2 run is scored by one process; run the evaluation without torchrun")
+        labels = loaded.labels.to(loaded.x.device)
+        result = evaluate_labels(loaded.vae, loaded.x, labels, config.k, seed=config.seed, batch_size=config.batch_size)
+    else:
+        result = evaluate(
+            loaded.vae,
+            loaded.x,
+            config.k,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            elbo_particles=config.elbo_particles,
+            progress=config.progress and main,
+        )
     result = {
         "run_dir": str(Path(config.run_dir).resolve()),
         "checkpoint": str(loaded.checkpoint.resolve()),

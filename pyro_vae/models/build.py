@@ -4,8 +4,6 @@ themselves (:mod:`pyro_vae.models.vae`, :mod:`pyro_vae.models.hierarchy`) know n
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +11,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.hierarchy import build_hierarchy
+from pyro_vae.models.sizes import check_sizes
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.guides import build_guide, context_dim
 from pyro_vae.parts.likelihoods import build_likelihood, decoder_shape
@@ -59,7 +58,7 @@ def build_vae(
     >>> [name for name in vae.latent_sites]
     ['z']
     """
-    _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
+    check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
     if isinstance(likelihood, str):
         likelihood = build_likelihood(likelihood, event_shape, likelihood_scale, mixture_components)
     if isinstance(net, str):
@@ -79,38 +78,19 @@ def build_vae(
     )
 
 
-def _check_sizes(
-    event_shape: Sequence[int],
-    z_dim: int,
-    hidden: Sequence[int],
-    decoder_hidden: Sequence[int] | None,
-    likelihood_scale: float,
-) -> None:
-    """One line for sizes no network can have (the settings a :class:`TrainConfig` checks for the CLI)."""
-
-    def count(v: object) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
-
-    if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence) or not event_shape:
-        raise ConfigError(f"`event_shape` must be the shape of one data point, e.g. (1, 28, 28), got {event_shape!r}")
-    if not all(count(d) for d in event_shape):
-        raise ConfigError(f"`event_shape` must hold positive integers, got {tuple(event_shape)}")
-    if not count(z_dim):
-        raise ConfigError(f"`z_dim` must be a positive integer, got {z_dim!r}")
-    for name, widths in (("hidden", hidden), ("decoder_hidden", decoder_hidden or ())):
-        if not all(count(w) for w in widths):
-            raise ConfigError(f"`{name}` must be positive widths (or empty for a linear map), got {list(widths)}")
-    if not (isinstance(likelihood_scale, numbers.Real) and math.isfinite(likelihood_scale) and likelihood_scale > 0):
-        raise ConfigError(f"`likelihood_scale` must be a finite number > 0, got {likelihood_scale!r}")
-
-
-def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.Module) -> VAE:
+def build_vae_from_config(
+    event_shape: Sequence[int], config: Any, *, classes: int | None = None, **parts: nn.Module
+) -> VAE:
     """The VAE a :class:`pyro_vae.TrainConfig` names, with any of ``encoder``, ``decoder``, ``prior``
-    and ``likelihood`` given as a module in place of its name."""
+    and ``likelihood`` given as a module in place of its name.
+
+    :param classes: the number of labels, for ``model=m2``."""
     net: Any = config.net
     likelihood = parts.get("likelihood") or build_likelihood(
         config.likelihood, event_shape, config.likelihood_scale, getattr(config, "mixture_components", 10)
     )
+    if getattr(config, "model", "vae") == "m2":
+        return _m2_from_config(event_shape, config, parts, likelihood, classes)
     out = decoder_shape(likelihood, event_shape)
     if getattr(config, "model", "vae") == "ladder":
         return _hierarchy_from_config(event_shape, config, parts, likelihood, out)
@@ -134,6 +114,29 @@ def build_vae_from_config(event_shape: Sequence[int], config: Any, **parts: nn.M
         guide=parts.get("posterior") or getattr(config, "guide", "gaussian"),
         flows=getattr(config, "flows", 2),
         flow_hidden=getattr(config, "flow_hidden", (256,)),
+    )
+
+
+def _m2_from_config(
+    event_shape: Sequence[int], config: Any, parts: dict[str, nn.Module], likelihood: nn.Module, classes: int | None
+) -> VAE:
+    from pyro_vae.models.m2 import build_m2
+
+    if set(parts) - {"likelihood", "prior"} or config.net == "custom":
+        raise ConfigError("`model=m2` builds its own label-reading networks; pass a prior or likelihood only")
+    if classes is None:
+        raise ConfigError("`model=m2` needs the number of classes, from the data's labels")
+    return build_m2(
+        event_shape,
+        classes,
+        config.net,
+        config.z_dim,
+        config.hidden,
+        parts.get("prior") or config.prior,
+        likelihood,
+        config.likelihood_scale,
+        decoder_hidden=config.decoder_hidden,
+        conv=config.conv_spec(),
     )
 
 

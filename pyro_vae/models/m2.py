@@ -31,6 +31,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.sizes import check_sizes
 from pyro_vae.models.vae import VAE, _full_precision
 from pyro_vae.parts.nets import DEFAULT_CONV, ConvSpec
 
@@ -284,12 +285,11 @@ def build_m2(
     >>> vae.classify(torch.zeros(3, 1, 28, 28)).shape
     torch.Size([3])
     """
-    from pyro_vae.models.build import _check_sizes
     from pyro_vae.parts.likelihoods import build_likelihood, decoder_shape
     from pyro_vae.parts.nets import build_networks
     from pyro_vae.parts.priors import build_prior
 
-    _check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
+    check_sizes(event_shape, z_dim, hidden, decoder_hidden, likelihood_scale)
     if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= 10_000:
         raise ConfigError(f"`classes` must be a number of labels from 2 to 10000, got {classes!r}")
     if prior == "vamp":

@@ -156,6 +156,8 @@ def training_state(
         "config": config.to_dict(),
         "data": data,
         "custom": custom or {},
+        # M2's number of labels, which the model's shape depends on (None for the other models)
+        "classes": getattr(vae, "classes", None),
     }
 
 

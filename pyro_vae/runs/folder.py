@@ -29,6 +29,8 @@ from pyro_vae.files import write_atomic
 from pyro_vae.models.build import build_vae_from_config
 
 METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
+# columns that only some runs have (`model=m2`: the share of held-out images whose label q(y|x) gets right)
+OPTIONAL_METRICS = ("val_accuracy", "test_accuracy")
 # the parts a user may pass as modules instead of names
 PARTS = ("encoder", "decoder", "prior", "likelihood", "posterior")
 
@@ -100,7 +102,7 @@ def make_run_dir(out: str | os.PathLike) -> Path:
 
 
 # what a run folder holds before its first checkpoint
-_RUN_FILES = ("config.json", "metrics.csv", "learning_curve.png")
+_RUN_FILES = ("config.json", "metrics.csv", "learning_curve.png", "labelled.json")
 
 
 def discard_unstarted_run(path: Path, existed: bool) -> None:
@@ -241,9 +243,11 @@ def write_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
     """``metrics.csv``, replaced atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(METRICS_FIELDS)
+    fields = METRICS_FIELDS + tuple(k for k in OPTIONAL_METRICS if any(k in row for row in rows))
+    writer.writerow(fields)
     for row in rows:
-        writer.writerow(["" if isinstance(row[k], float) and math.isnan(row[k]) else row[k] for k in METRICS_FIELDS])
+        values = [row.get(k, math.nan) for k in fields]
+        writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in values])
     text = buf.getvalue()
     write_atomic(run_dir / "metrics.csv", lambda f: f.write(text.encode()))
 
@@ -263,7 +267,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
             raise ValueError(f"header {fields}")
         for line, r in enumerate(records, start=2):
             row: dict[str, float] = {}
-            for k in METRICS_FIELDS:
+            for k in METRICS_FIELDS + tuple(k for k in OPTIONAL_METRICS if k in fields):
                 v = r.get(k)
                 if v is None:
                     raise ValueError(f"line {line} has no {k}")

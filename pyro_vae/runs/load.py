@@ -60,7 +60,7 @@ def _model_of(
 ) -> VAE:
     """The checkpoint's model (built from its own settings ``config``), on ``device``, in eval mode."""
     missing_parts(state.get("custom") or {}, parts, run_dir, "load_run")
-    vae = build_vae_from_config(state["event_shape"], config, **parts)
+    vae = build_vae_from_config(state["event_shape"], config, classes=state.get("classes"), **parts)
     load_model_state(vae, state, path)
     restore_param_store(state["param_store"])
     return vae.to(device).eval()

@@ -7,7 +7,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -15,44 +15,32 @@ import torch
 from tqdm import tqdm
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, ShardedBatches
+from pyro_vae.data import ImageData
 from pyro_vae.distributed import (
     agreed,
-    derive_seed,
     first_given,
     gather_objects,
     is_collective_failure,
     lost_contact,
 )
-from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.images import save_learning_curve, save_reconstructions, save_samples
-from pyro_vae.models import VAE, build_vae_from_config
+from pyro_vae.models import VAE
 from pyro_vae.resources import SharedCpuWatch
 from pyro_vae.runs.checkpoint import (
-    check_compatible,
-    check_resumable,
-    checkpoint_config,
-    latest_checkpoint,
-    load_model_state,
-    read_checkpoint,
-    restore_param_store,
-    restore_rng,
     save_checkpoint,
     write_epoch_checkpoint,
 )
 from pyro_vae.runs.folder import (
-    RunError,
-    check_same_data,
     discard_unstarted_run,
     make_run_dir,
-    missing_parts,
-    read_metrics,
-    read_run_json,
     write_metrics,
 )
-from pyro_vae.training.graphs import GraphStep, make_capturable
+from pyro_vae.training.graphs import GraphStep
 from pyro_vae.training.guard import StopRequests, snapshot, stop_nonfinite
+from pyro_vae.training.labels import save_labelled
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
+from pyro_vae.training.resume import prepare_resume
 from pyro_vae.training.setup import Run, describe_objective, few_steps_note, late_milestones_note, setup_run
 
 
@@ -123,6 +111,8 @@ def train(config: TrainConfig, data: ImageData | None = None, vae: VAE | None = 
                     "world_size": run.world.size,
                 }
                 (run.run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+                if run.labelled_index is not None:
+                    save_labelled(run.run_dir, run.labelled_index, run.labelled.labels)
                 write_metrics(run.run_dir, [])
                 tqdm.write(objective + (f"; {run.world.size} processes (torchrun)" if run.world.distributed else ""))
                 for note in (
@@ -160,110 +150,20 @@ def resume(
     :param parts: the custom modules the run was trained with (``prior=...`` etc.), freshly built.
     """
     with agreed("to resume"):
-        run, state = _prepare_resume(run_dir, epochs, progress, data, parts, time_limit)
+        run, state = prepare_resume(run_dir, epochs, progress, data, parts, time_limit)
     return _fit(run, epoch=state["epoch"], step=state["step"], position=state["position"], best=state["best"])
-
-
-def _prepare_resume(
-    run_dir: str | Path,
-    epochs: int | None,
-    progress: bool | None,
-    data: ImageData | None,
-    parts: dict[str, torch.nn.Module],
-    time_limit: float | str | None = "keep",
-) -> tuple[Run, dict]:
-    saved = read_run_json(run_dir)
-    config = TrainConfig.from_dict(saved, source=str(Path(run_dir, "config.json")))
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"`epochs` must be a positive integer, got {epochs}")
-    config = replace(
-        config,
-        epochs=config.epochs if epochs is None else epochs,
-        progress=config.progress if progress is None else progress,
-        time_limit=config.time_limit if time_limit == "keep" else time_limit,
-        out=str(run_dir),
-    )
-    if config.time_limit is not None and (
-        isinstance(config.time_limit, bool)
-        or not isinstance(config.time_limit, (int, float))
-        or not (math.isfinite(config.time_limit) and config.time_limit > 0)
-    ):
-        raise ConfigError(f"`time_limit` must be a finite number of minutes > 0, got {config.time_limit!r}")
-    record, custom = saved.get("data") or {}, saved.get("custom") or {}
-    missing_parts(custom, parts, run_dir, "resume")
-    if record.get("source") == "memory" and data is None:
-        raise RunError(
-            f"{run_dir} was trained on in-memory data ({record.get('name')}, shape {record.get('event_shape')}); "
-            "pass the same data back: resume(run, data=...)"
-        )
-    metrics = read_metrics(Path(run_dir))  # a damaged log stops here, before any work
-    path = latest_checkpoint(run_dir)
-    state = read_checkpoint(path)
-    check_resumable(state, path)
-    state_config = checkpoint_config(state, path)
-    check_compatible(state_config, config, path)
-    if state["epoch"] >= config.epochs and state["position"] is None:
-        raise ConfigError(
-            f"{run_dir} has already trained {state['epoch']} of {config.epochs} epochs; "
-            f"pass `epochs=N` with N > {state['epoch']} to go on"
-        )
-    if config.kl_schedule == "cyclical" and config.epochs != state_config.epochs:
-        raise ConfigError("`epochs` cannot change on resume with `kl_schedule=cyclical`: the cycles span the run")
-    vae = None
-    if custom:
-        vae = build_vae_from_config(state["event_shape"], config, **parts)
-    run = setup_run(config, data, vae, new_run=False)
-    where = "the data passed in" if data is not None else config.data_dir
-    for which in ("train", "test"):
-        check_same_data(record, run.data_record[f"{which}_fingerprint"], which, where, run_dir)
-    # the CPU copy read above is enough: each load below copies onto the model's device
-    load_model_state(run.vae, state, path)
-    run.optimizer.load_state_dict(state["optimizer"])
-    make_capturable(run.optimizer, config.cuda_graphs)
-    restore_param_store(state["param_store"])
-    _restore_random(run, state)
-    run.metrics = [m for m in metrics if m["epoch"] <= state["epoch"]]
-    if run.world.main:
-        write_metrics(run.run_dir, run.metrics)
-        position = state["position"]
-        where = f"epoch {state['epoch'] + 1}" + (f", step {position['batch'] + 1}" if position else "")
-        tqdm.write(f"resuming {run_dir} from {path.name} at {where}")
-    return run, state
-
-
-def _restore_random(run: Run, state: dict) -> None:
-    """Every random state of the checkpoint, per rank under torchrun. Exact with the world size the run
-    was saved with; with another, the data order and draws are fresh (and the run says so)."""
-    ranks, size = state.get("rank_rng"), state.get("world_size", 1)
-    if run.world.size == size:
-        if ranks is None:
-            restore_rng(state["rng"], run.generator)
-        else:
-            restore_rng(ranks[run.world.rank], run.generator)
-            assert isinstance(run.batches, ShardedBatches)
-            run.batches.order.set_state(state["order"])
-        return
-    if run.world.main:
-        tqdm.write(
-            f"note: the checkpoint was saved by {size} process(es), this job has {run.world.size}; the model and "
-            "optimiser resume exactly, the data order and random draws start afresh"
-        )
-    seed = derive_seed(run.config.seed + state["step"], run.world.rank)
-    torch.manual_seed(seed)
-    run.generator.manual_seed(seed)
-    if isinstance(run.batches, ShardedBatches):
-        run.batches.order.manual_seed(run.config.seed + state["step"])
 
 
 def _fit(run: Run, *, epoch: int, step: int, position: dict | None, best: float | None) -> TrainResult:
     if not run.world.distributed:
+        run.objective = run.labelled  # M2's mixed step, else None: the ELBO itself
         return _epochs(run, epoch=epoch, step=step, position=position, best=best)
     if run.objective is None:
         # DDP over the ELBO as a module: its construction broadcasts rank 0's parameters and buffers, its
         # backward hooks average the gradients over the ranks, bucketed and overlapped with the backward pass
         device = next(run.vae.parameters()).device
         run.objective = torch.nn.parallel.DistributedDataParallel(
-            ELBOLoss(run.vae, run.elbo), device_ids=[device.index] if device.type == "cuda" else None
+            run.labelled or ELBOLoss(run.vae, run.elbo), device_ids=[device.index] if device.type == "cuda" else None
         )
     try:
         return _epochs(run, epoch=epoch, step=step, position=position, best=best)
@@ -313,6 +213,8 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 leave=False,
             )
             t0 = time.perf_counter()
+            if run.labelled is not None:  # its labelled batches follow the global step
+                run.labelled.step = step
             snap = snapshot(run, start, step, carried)
 
             def on_check(done: int, at_step: int, total: float, start: int = start) -> None:
@@ -358,6 +260,9 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             )
             test_loss = heldout_loss(vae, run.heldout_elbo, run.test, config.eval_batch_size)
             selection = val_loss if run.val is not None else test_loss
+            scores = _accuracies(run)
+            if scores:  # M2: best.pt is the epoch whose classifier labels the validation images best
+                selection = 1.0 - scores["val_accuracy"]
             improved = best is None or selection < best
             best = selection if improved else best
             t_ckpt = time.perf_counter()
@@ -370,12 +275,15 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 "test_loss": test_loss,
                 "seconds": seconds,
                 "checkpoint_seconds": checkpoint_seconds,
+                **scores,
             }
             run.metrics.append(row)
             if main:
                 write_metrics(run.run_dir, run.metrics)
                 _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
+            if scores:
+                val_text += f"  accuracy val {scores['val_accuracy']:.4f} test {scores['test_accuracy']:.4f}"
             # 8-bit data (CIFAR-10's convention): bits per dimension, C x H x W of them
             bpd = ""
             if vae.data_kind == "byte":
@@ -396,6 +304,18 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             if signum is not None and epoch < config.epochs:
                 _interrupt(run, signum, epoch, step, None, best, saved=True)
     return TrainResult(vae, config, run.metrics, run.run_dir)
+
+
+def _accuracies(run: Run) -> dict[str, float]:
+    """M2: the share of validation and test images whose most probable label under q(y|x) is right."""
+    if run.labelled is None:
+        return {}
+    assert run.val is not None and run.val_labels is not None and run.test_labels is not None
+    size, out = run.config.eval_batch_size, {}
+    for name, x, y in (("val", run.val, run.val_labels), ("test", run.test, run.test_labels)):
+        right = sum(int((run.vae.classify(x[i : i + size]) == y[i : i + size]).sum()) for i in range(0, len(x), size))
+        out[f"{name}_accuracy"] = right / len(x)
+    return out
 
 
 def _say(run: Run, text: str) -> None:

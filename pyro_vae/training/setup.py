@@ -33,6 +33,13 @@ from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, set_threads, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
+from pyro_vae.training.labels import (
+    EnumeratedELBO,
+    SemiSupervisedLoss,
+    class_count,
+    draw_labelled,
+    read_labelled,
+)
 from pyro_vae.training.loop import layer_weights, make_optimizer
 
 
@@ -106,6 +113,11 @@ class Run:
     metrics: list[dict[str, float]] = field(default_factory=list)
     world: World = field(default_factory=World)  # this process's rank under torchrun
     objective: Any = None  # the DDP-wrapped ELBOLoss of a distributed run, else None (the ELBO itself)
+    # model=m2: the labelled set's loss, the indices kept labelled, and the held-out labels scored each epoch
+    labelled: Any = None
+    labelled_index: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def total_steps(self) -> int:
@@ -193,11 +205,15 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         event_shape = raw.train.shape[1:]
     else:
         raw, event_shape = None, data.event_shape
+    classes = None
+    if config.model == "m2":
+        classes = class_count((raw or data).train_labels, config.dataset if raw is not None else data.name)
     pyro.set_rng_seed(config.seed)
     if vae is None:
-        points = config.batch_size * (config.particles if config.elbo == "iwae" else 1)
+        # M2 decodes every class of an unlabelled batch at once
+        points = config.batch_size * (config.particles if config.elbo == "iwae" else classes or 1)
         with torch.device("meta"):
-            sketch = build_vae_from_config(event_shape, config)
+            sketch = build_vae_from_config(event_shape, config, classes=classes)
         hidden = " ".join(map(str, config.hidden))
         sizes = f"`z_dim={config.z_dim}`, `hidden={hidden}`, `batch_size={config.batch_size}`"
         if config.elbo == "iwae":
@@ -208,7 +224,7 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
             f"a {config.net} VAE for {tuple(event_shape)} data with {sizes}",
             "lower them",
         )
-        vae = build_vae_from_config(event_shape, config)
+        vae = build_vae_from_config(event_shape, config, classes=classes)
         custom: dict[str, str] = {}
     else:
         if not isinstance(vae, VAE):
@@ -295,7 +311,7 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         batches = ResidentBatches(
             torch.as_tensor(train_images).to(device), config.batch_size, generator, kind, data.binary
         )
-    return Run(
+    run = Run(
         config=config,
         vae=vae,
         elbo=make_elbo(config.elbo, config.particles, config.free_bits),
@@ -310,6 +326,36 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         custom=custom,
         world=here,
     )
+    if config.model == "m2":
+        _attach_labels(run, data, len(train_images), new_run)
+    return run
+
+
+def _attach_labels(run: Run, data: ImageData, train_size: int, new_run: bool) -> None:
+    """M2: the labelled set (drawn for a new run, read back from the run folder on resume), its loss, and the
+    labels of the held-out images that choose best.pt. The validation images are never labelled for training."""
+    config, device = run.config, run.test.device
+    labels = data.train_labels[:train_size]
+    if new_run:
+        index = draw_labelled(labels, config.labels, config.seed)  # type: ignore[arg-type]
+    else:
+        index = read_labelled(run.run_dir, labels)
+    run.labelled_index = index
+    run.elbo = run.heldout_elbo = EnumeratedELBO()
+    run.labelled = SemiSupervisedLoss(
+        run.vae,  # type: ignore[arg-type]
+        data.train[index].to(device),
+        labels[index],
+        batch_size=config.batch_size,
+        train_size=train_size,
+        classifier_weight=config.classifier_weight,
+        generator=run.generator,
+        kind=run.vae.data_kind,
+        binary=data.binary,
+        seed=config.seed,
+    )
+    run.val_labels = data.train_labels[train_size:].to(device)
+    run.test_labels = data.test_labels.to(device)
 
 
 # resident data may take at most this share of the device's free memory; the rest is for the model
