@@ -22,9 +22,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "cache_dir", "data_placement", "limit_train", "limit_test", "validation", "test_binarization_seed",
     ),
     "model": (
-        "model", "inference", "latents", "batch_norm", "labels", "classifier_weight", "net", "z_dim", "hidden", "decoder_hidden", "conv_channels",
-        "conv_strides", "conv_kernel", "conv_depth", "prior", "likelihood", "likelihood_scale", "mixture_components",
-        "guide", "flows", "flow_hidden",
+        "model", "inference", "latents", "batch_norm", "labels", "classifier_weight", "net", "z_dim", "hidden",
+        "decoder_hidden", "conv_channels", "conv_strides", "conv_kernel", "conv_depth", "prior", "likelihood",
+        "likelihood_scale", "mixture_components", "guide", "flows", "flow_hidden",
     ),
     "objective": ("elbo", "particles", "beta", "kl_schedule", "warmup", "warmup_unit", "cycles", "free_bits"),
     "optimisation": (

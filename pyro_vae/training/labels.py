@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyro.infer import TraceEnum_ELBO, config_enumerate
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 from pyro_vae.data import prepare
 from pyro_vae.distributed import shard
@@ -27,14 +27,17 @@ class EnumeratedELBO:
 
     def __init__(self) -> None:
         # one enumerated dimension to the left of the "data" plate
-        self.elbo = TraceEnum_ELBO(max_plate_nesting=1)
+        self.enumerated = TraceEnum_ELBO(max_plate_nesting=1)
+        self.labelled = Trace_ELBO()
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not (len(args) > 1 or "y" in kwargs):  # unlabelled: y is summed out
-            guide = config_enumerate(guide, "parallel")
+        if len(args) > 1 or "y" in kwargs:  # labelled: no discrete latent left, the plain ELBO
+            elbo = self.labelled
+        else:
+            elbo, guide = self.enumerated, config_enumerate(guide, "parallel")
         if not torch.is_grad_enabled():  # held-out scoring: Pyro's TraceEnum differentiable loss needs autograd
-            return torch.tensor(self.elbo.loss(model, guide, *args, **kwargs), device=args[0].device)
-        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+            return torch.tensor(elbo.loss(model, guide, *args, **kwargs), device=args[0].device)
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
 
 
 def class_count(labels: torch.Tensor, dataset: str) -> int:

@@ -45,7 +45,12 @@ from pyro_vae.training.loop import layer_weights, make_optimizer
 
 def describe_objective(vae: VAE, config: TrainConfig) -> str:
     """What the run optimises, e.g. "KL: analytic" or "KL: Monte-Carlo, prior has no closed form"."""
-    if config.elbo == "iwae":
+    if config.model == "m2":
+        text = (
+            f"M2: y enumerated where unlabelled (TraceEnum_ELBO), KL Monte-Carlo; {config.labels} labelled images, "
+            f"classifier term alpha = {config.classifier_weight:g} N"
+        )
+    elif config.elbo == "iwae":
         text = f"objective: IWAE bound, K={config.particles} (KL inside the importance weights)"
     elif config.elbo == "mc":
         text = "KL: Monte-Carlo (Trace_ELBO)"
