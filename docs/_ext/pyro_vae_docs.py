@@ -20,6 +20,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "data": (
         "dataset", "data_dir", "download", "image_size", "channels", "test_fraction", "split_seed", "patches",
         "cache_dir", "data_placement", "limit_train", "limit_test", "validation", "test_binarization_seed",
+        "select_k", "select_every",
     ),
     "model": (
         "model", "inference", "latents", "batch_norm", "labels", "classifier_weight", "net", "z_dim", "hidden",

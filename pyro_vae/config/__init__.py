@@ -167,6 +167,12 @@ class TrainConfig:
     limit_test: int | None = setting(None, "use only the first N test images")
     #: last N training images held out to pick best.pt; 0 picks on the test loss
     validation: int = setting(0, "hold out the last N training images to pick best.pt")
+    #: the validation ELBO and log p(x) can rank epochs differently by more than a nat: score by the latter
+    select_k: int | None = setting(
+        None, "keep best.pt by -log p(x), K importance samples on the validation images (default: by the ELBO)"
+    )
+    #: an estimate costs about K ELBO passes over the validation images: not every epoch
+    select_every: int = setting(10, "`select_k`: epochs between the estimates (and the last epoch)")
     #: held-out loss is computed in chunks this large
     eval_batch_size: int = setting(1000, "test images per chunk")
     #: steps between reading the loss back from the device (each read syncs)

@@ -82,12 +82,22 @@ def validate(c: TrainConfig) -> TrainConfig:
         )
     if c.conv_kernel < 1 or c.conv_kernel % 2 == 0:
         raise ConfigError(f"`conv_kernel` must be odd (3, 5, ...), got {c.conv_kernel}")
-    for name in ("z_dim", "epochs", "batch_size", "eval_batch_size", "log_every", "particles", "cycles"):
+    for name in (
+        "z_dim",
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "log_every",
+        "particles",
+        "cycles",
+        "select_every",
+    ):
         _positive(name, getattr(c, name))
         _not_huge(name, getattr(c, name))
-    for name in ("limit_train", "limit_test", "keep_checkpoints", "threads"):
+    for name in ("limit_train", "limit_test", "keep_checkpoints", "threads", "select_k"):
         if getattr(c, name) is not None:
             _positive(name, getattr(c, name))
+            _not_huge(name, getattr(c, name))
     _check_guide(c)
     _check_labels(c)
     if not 1 <= c.mixture_components <= 100:

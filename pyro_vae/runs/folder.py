@@ -29,8 +29,9 @@ from pyro_vae.files import write_atomic
 from pyro_vae.models.build import build_vae_from_config
 
 METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "test_loss", "seconds", "checkpoint_seconds")
-# columns that only some runs have (`model=m2`: the share of held-out images whose label q(y|x) gets right)
-OPTIONAL_METRICS = ("val_accuracy", "test_accuracy")
+# columns that only some runs have (`model=m2`: the share of held-out images whose label q(y|x) gets right;
+# `select_k`: the validation images' −log p(x), on the epochs it was estimated)
+OPTIONAL_METRICS = ("val_accuracy", "test_accuracy", "val_nll")
 # the parts a user may pass as modules instead of names
 PARTS = ("encoder", "decoder", "prior", "likelihood", "posterior")
 

@@ -263,7 +263,11 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             scores = _accuracies(run)
             if scores:  # M2: best.pt is the epoch whose classifier labels the validation images best
                 selection = 1.0 - scores["val_accuracy"]
-            improved = best is None or selection < best
+            if config.select_k is not None:  # best.pt by −log p(x), estimated every few epochs
+                selection = scores["val_nll"] = math.nan
+                if epoch % config.select_every == 0 or epoch == config.epochs:
+                    selection = scores["val_nll"] = _validation_nll(run)
+            improved = not math.isnan(selection) and (best is None or selection < best)
             best = selection if improved else best
             t_ckpt = time.perf_counter()
             _write_checkpoints(run, epoch, step, best, improved)
@@ -282,8 +286,10 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
                 write_metrics(run.run_dir, run.metrics)
                 _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
-            if scores:
+            if "val_accuracy" in scores:
                 val_text += f"  accuracy val {scores['val_accuracy']:.4f} test {scores['test_accuracy']:.4f}"
+            if not math.isnan(scores.get("val_nll", math.nan)):
+                val_text += f" (-log p(x) {scores['val_nll']:.2f}, K={config.select_k})"
             # 8-bit data (CIFAR-10's convention): bits per dimension, C x H x W of them
             bpd = ""
             if vae.data_kind == "byte":
@@ -316,6 +322,17 @@ def _accuracies(run: Run) -> dict[str, float]:
         right = sum(int((run.vae.classify(x[i : i + size]) == y[i : i + size]).sum()) for i in range(0, len(x), size))
         out[f"{name}_accuracy"] = right / len(x)
     return out
+
+
+def _validation_nll(run: Run) -> float:
+    """−log p(x) over the validation images, K = ``select_k`` importance samples, seeded by the run's seed and
+    drawn in a forked RNG: the same draws every epoch, and the training's random stream untouched."""
+    from pyro_vae.evaluate.estimators import importance_log_likelihood
+
+    assert run.val is not None and run.config.select_k is not None
+    k = run.config.select_k
+    ll = importance_log_likelihood(run.vae, run.val, [k], batch_size=100, seed=run.config.seed)[k]
+    return -ll.mean().item()
 
 
 def _say(run: Run, text: str) -> None:

@@ -278,6 +278,10 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         # held out once, binarized once with a seed of its own, like the test set
         g = torch.Generator().manual_seed(config.test_binarization_seed + 1)
         val = prepare(data.train[-config.validation :], kind, g, data.binary)
+    if config.select_k is not None and val is None:
+        raise ConfigError(
+            "`select_k` scores the validation images: pass `validation=N`, or use a dataset with its own split"
+        )
     if config.batch_size > len(train_images):
         raise ConfigError(
             f"`batch_size={config.batch_size}` is larger than the {len(train_images)} training images; lower it"
