@@ -13,7 +13,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pyro_vae", "pyro_vae.*"]),
-    package_data={"pyro_vae.recipes": ["*.json"]},  # the recipes ship with the package
+    # the recipes and the reproduced models' weights ship with the package
+    package_data={"pyro_vae.recipes": ["*.json"], "pyro_vae.pretrained": ["*.pt", "index.json"]},
     license="Apache-2.0",
     python_requires=">=3.10",
     install_requires=[

@@ -26,6 +26,7 @@ from pyro_vae.parts.priors import (
     VampPrior,
     build_prior,
 )
+from pyro_vae.pretrained import load_pretrained
 from pyro_vae.runs import CheckpointError, LoadedRun, RunError, load_run, load_run_and_data
 from pyro_vae.training import Interrupted, NonFiniteLoss, TrainResult, heldout_loss, resume, train
 
@@ -72,6 +73,7 @@ __all__ = [
     "heldout_loss",
     "kl_weight",
     "load_data",
+    "load_pretrained",
     "load_run",
     "load_run_and_data",
     "make_elbo",

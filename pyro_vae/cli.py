@@ -215,8 +215,9 @@ def _fields_parser(cls: type, prog: str, description: str) -> argparse.ArgumentP
     """A command whose flags are the fields of the settings dataclass ``cls``; ``run_dir`` is positional."""
     p = OneLineParser(prog=prog, description=description)
     for f in dataclasses.fields(cls):
-        if f.name == "run_dir":
-            p.add_argument("run_dir", help=f.metadata["help"])
+        if f.name == "run_dir":  # optional where the command can score something else (--pretrained)
+            optional = any(g.name == "pretrained" for g in dataclasses.fields(cls))
+            p.add_argument("run_dir", help=f.metadata["help"], **({"nargs": "?", "default": ""} if optional else {}))
         else:
             _setting_flag(p.add_argument, f)
     return p
@@ -269,6 +270,26 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         from pyro_vae.evaluate import EvalConfig, evaluate_run
 
         config = EvalConfig(**args).validate()
+        if config.pretrained is not None:
+            from pyro_vae.distributed import device_for, resolve_device, world
+            from pyro_vae.pretrained import evaluate_pretrained
+            from pyro_vae.resources import set_threads
+
+            if world().distributed:
+                raise ConfigError("shipped weights are scored by one process; run it without torchrun")
+            set_threads(config.threads)
+            evaluate_pretrained(
+                config.pretrained,
+                data_dir=config.data_dir,
+                k=config.k if config.k != EvalConfig.k else None,
+                limit=config.limit,
+                seed=config.seed,
+                batch_size=config.batch_size,
+                device=device_for(resolve_device(config.device)),
+                out=config.out,
+                say=lambda line: print(line, flush=True),
+            )
+            return
         evaluate_run(config, say=lambda line: print(line, flush=True))
 
     # evaluate() names K `ks`; the flag is --k

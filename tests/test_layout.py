@@ -18,7 +18,7 @@ LAYERS = [
     ("pyro_vae.config", "pyro_vae.usage"),
     ("pyro_vae.runs",),
     ("pyro_vae.evaluate", "pyro_vae.studies", "pyro_vae.plots", "pyro_vae.pictures", "pyro_vae.training"),
-    ("pyro_vae.benchmark", "pyro_vae.recipes"),
+    ("pyro_vae.benchmark", "pyro_vae.recipes", "pyro_vae.pretrained"),
     ("pyro_vae.cli", "pyro_vae.__main__", "pyro_vae.__init__"),
 ]
 MAX_LINES = 460

@@ -22,6 +22,8 @@ class EvalConfig:
 
     #: the run folder that pyro-vae-train wrote
     run_dir: str = setting("", "run folder written by pyro-vae-train")
+    #: weights that ship with the package, by recipe name (pyro_vae.pretrained), instead of a run folder
+    pretrained: str | None = setting(None, "score the shipped weights of this recipe instead of a run folder")
     #: several K cost one pass of the largest: the first K draws of it
     k: tuple[int, ...] = setting((5000,), "importance samples K, one or more")
     #: binarized-mnist has a validation split; the others test and train
@@ -47,8 +49,14 @@ class EvalConfig:
 
     def validate(self) -> EvalConfig:
         """Refuse impossible values, each in one line naming the setting; returns ``self``."""
-        if not self.run_dir:
-            raise ConfigError("`run_dir` is empty; pass the run folder that pyro-vae-train wrote")
+        if self.pretrained is not None:
+            if self.run_dir:
+                raise ConfigError("pass a run folder or `pretrained`, not both")
+            if self.split != "test" or self.checkpoint is not None:
+                raise ConfigError("shipped weights are scored on the test split of their recipe: drop `split` and "
+                                  "`checkpoint`")  # fmt: skip
+        elif not self.run_dir:
+            raise ConfigError("`run_dir` is empty; pass the run folder that pyro-vae-train wrote, or `pretrained`")
         limit = self.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"`limit` must be a positive number of images, got {self.limit}; leave it out for all")

@@ -32,7 +32,7 @@ def _read_results(path: Path) -> list[dict]:
 def check_results_file(path: str | Path) -> None:
     """Refuse, before any work, a results file that cannot be read back or written."""
     check_writable_file(path)
-    _read_results(path)
+    _read_results(Path(path))
 
 
 def record_results(path: str | Path, result: dict) -> dict:
