@@ -433,3 +433,62 @@ def test_gpu_check_refuses_outputs_under_a_file_and_leaves_nothing(tmp_path):
     _one_line(run(["scripts/gpu_check.py", "--device", "tpu"]), "invalid choice: 'tpu'")
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gpu_check_*"))) == temps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "data"]
+
+
+FAKE_SS_VAE = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class SSVAE(nn.Module):
+    """The interface of Pyro's examples/vae/ss_vae_M2.py SSVAE, with one linear layer per network."""
+
+    def __init__(self, output_size=10, input_size=784, z_dim=50, hidden_layers=(500,), config_enum=None,
+                 use_cuda=False, aux_loss_multiplier=None):
+        super().__init__()
+        self.z_dim, self.aux = z_dim, aux_loss_multiplier
+        self.classify = nn.Linear(input_size, output_size)
+        self.encode = nn.Linear(input_size + output_size, 2 * z_dim)
+        self.decode = nn.Linear(z_dim + output_size, input_size)
+
+    def model(self, xs, ys=None):
+        pyro.module("ss_vae", self)
+        with pyro.plate("data"):
+            zs = pyro.sample("z", dist.Normal(xs.new_zeros(len(xs), self.z_dim), 1.0).to_event(1))
+            ys = pyro.sample("y", dist.OneHotCategorical(xs.new_ones(len(xs), 10) / 10), obs=ys)
+            logits = self.decode(torch.cat([zs, ys.expand(*zs.shape[:-1], 10)], -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=xs)
+
+    def guide(self, xs, ys=None):
+        with pyro.plate("data"):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=self.classify(xs)))
+            h = self.encode(torch.cat([xs.expand(*ys.shape[:-1], xs.shape[-1]), ys], -1))
+            pyro.sample("z", dist.Normal(h[..., : self.z_dim], h[..., self.z_dim :].exp()).to_event(1))
+
+    def model_classify(self, xs, ys=None):
+        pass
+
+    def guide_classify(self, xs, ys=None):
+        pass
+'''
+
+
+def test_benchmark_m2_times_both_and_refuses_a_wrong_folder(tmp_path):
+    from conftest import make_idx_root
+
+    root = make_idx_root(tmp_path / "data", n_train=120)
+    folder = tmp_path / "examples" / "vae"
+    (folder / "utils").mkdir(parents=True)
+    (folder / "ss_vae_M2.py").write_text(FAKE_SS_VAE)
+    argv = ["scripts/benchmark_m2.py", "--pyro-examples", str(folder), "--data-dir", str(root), "--steps", "2",
+            "--batch-size", "20", "--repeats", "1", "--labels", "20"]  # fmt: skip
+    proc = run(argv)
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio pyro_vae / Pyro's example:" in proc.stdout
+    proc = run([*argv[:2], str(tmp_path), *argv[3:]])
+    assert proc.returncode == 2 and "holds no ss_vae_M2.py" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run([*argv, "--steps", "100"])
+    assert proc.returncode == 2 and "more than the 120 training images" in proc.stderr, proc.stderr
