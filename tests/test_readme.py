@@ -47,6 +47,7 @@ PYTHON = {
         ("epochs=20", "epochs=2"),
     ],
     ("docs/tutorials/quickstart.md", "import pyro_vae"): [("epochs=10, ", SMALL[2:] + ", ")],
+    ("docs/howto/reproduce.md", "import pyro_vae"): [],
     ("docs/howto/labels.md", "import pyro"): [
         ('load_data("mnist", "data")', 'load_data("mnist", "data", limit_train=600, limit_test=200)'),
         ("range(5)", "range(1)"),
@@ -68,6 +69,8 @@ BASH = [
     (r"^python scripts/benchmark\.py\s*$", ("skip", "test_speed.py runs it with the same limits")),
     (r"benchmark", ("run", BENCH_LIMITS)),
     (r"--resume", ("run", "--epochs 2")),
+    (r"--select-k", ("run", TRAIN_LIMITS)),
+    (r"evaluate --pretrained", ("run", "")),
     (r"--model m2", ("run", "--epochs 1 --limit-train 1200 --limit-test 200 --validation 200 --no-progress")),
     (r"evaluate", ("run", "--limit 20")),
     (r"pictures", ("run", "")),
