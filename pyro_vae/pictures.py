@@ -63,7 +63,8 @@ class PicturesConfig:
 
 def draw_pictures(config: PicturesConfig) -> list[Path]:
     """Load ``config.run_dir`` with its held-out data and write the six pictures (:data:`pyro_vae.pictures.FILES`),
-    and for an M2 run the two class-conditional ones of :func:`label_figures`.
+    and for an M2 run the two class-conditional ones of :func:`label_figures`; a conditional VAE's run gets those
+    two only.
 
     :returns: the files written.
     """
@@ -78,9 +79,13 @@ def draw_pictures(config: PicturesConfig) -> list[Path]:
         config.run_dir, checkpoint=config.checkpoint, device=device, data_dir=config.data_dir, limit=config.limit
     )
     title = f"{Path(config.run_dir).name}, epoch {run.state['epoch']}"
-    figures = make_figures(run.vae, run.x, run.labels, title, config.seed)
-    if hasattr(run.vae, "classify"):  # M2: the class-conditional pictures too
-        figures.update(label_figures(run.vae, run.x, run.labels, title, config.seed))
+    if getattr(run.vae, "classes", None) and getattr(run.vae, "classifier", None) is None:
+        # a conditional VAE: x given its label; pictures that encode x without one do not apply
+        figures = label_figures(run.vae, run.x, run.labels, title, config.seed)
+    else:
+        figures = make_figures(run.vae, run.x, run.labels, title, config.seed)
+        if hasattr(run.vae, "classify"):  # M2: the class-conditional pictures too
+            figures.update(label_figures(run.vae, run.x, run.labels, title, config.seed))
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused or failed run leaves nothing
     paths = []
     for name, fig in figures.items():

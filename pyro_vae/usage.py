@@ -31,7 +31,7 @@ _APPLIES_ONLY: list[tuple[tuple[str, ...], Any, str]] = [
     ),
     (("particles",), lambda c: c.elbo == "iwae", "`elbo=iwae`"),
     (("labels", "classifier_weight"), lambda c: c.model == "m2", "`model=m2`"),
-    (("select_k",), lambda c: c.model != "m2", "`model=vae` and `model=ladder` (M2 keeps best.pt by accuracy)"),
+    (("select_k",), lambda c: c.model in ("vae", "ladder"), "`model=vae` and `model=ladder`"),
     (("select_every",), lambda c: c.select_k is not None, "`select_k`"),
     (("warmup", "warmup_unit"), lambda c: c.kl_schedule == "linear", "`kl_schedule=linear`"),
     (("cycles",), lambda c: c.kl_schedule == "cyclical", "`kl_schedule=cyclical`"),

@@ -288,3 +288,42 @@ def test_class_conditional_pictures_have_a_row_per_image_and_per_class():
     assert grid.shape[:2] == (8 * 10 + 2, 5 * 10 + 2)
     grid = figures["samples_by_class.png"].axes[0].get_images()[0].get_array()
     assert grid.shape[:2] == (4 * 10 + 2, 8 * 10 + 2)
+
+
+def test_conditional_vae_log_px_given_y_matches_the_exact_linear_gaussian():
+    """The conditional VAE's −log p(x | y) from evaluate_labels against N(x; b_y, W Wᵀ + σ² I), exactly."""
+    from pyro_vae.evaluate.labels import evaluate_labels
+    from pyro_vae.models.m2 import ConditionalVAE
+
+    m2, _ = _linear_gaussian_m2()
+    vae = ConditionalVAE(m2.encoder, m2.decoder, m2.prior, m2.likelihood, (4,), 3).double()
+    w, b = m2.decoder.decoder.weight[:, :2], m2.decoder.decoder.weight[:, 2:]
+    cov = w @ w.T + 0.25 * torch.eye(4, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(3, (30,), generator=g)
+    x = (b[:, y].T + torch.randn(30, 2, generator=g, dtype=torch.float64) @ w.T).detach()
+    x = x + 0.5 * torch.randn(30, 4, generator=g, dtype=torch.float64)
+    exact = torch.stack(
+        [torch.distributions.MultivariateNormal(b[:, c], cov).log_prob(xi) for xi, c in zip(x, y, strict=True)]
+    )
+    runs = torch.tensor([evaluate_labels(vae, x, y, [1000], seed=s)["nll"]["1000"]["mean"] for s in range(6)])
+    se = runs.std() / math.sqrt(len(runs))
+    assert abs(runs.mean() - (-exact.mean())) <= 4 * se + 1e-3, (runs.mean(), -exact.mean(), se)
+    result = evaluate_labels(vae, x, y, [10], seed=0)
+    assert result["given_label"] and "accuracy" not in result and list(result["elbo"]) == ["labelled"]
+
+
+def test_conditional_vae_is_x_given_y_with_no_label_site():
+    from pyro_vae.models.m2 import ConditionalVAE
+
+    vae = build_m2((1, 6, 6), classes=C, z_dim=2, hidden=(12,), conditional=True)
+    assert isinstance(vae, ConditionalVAE) and vae.classifier is None
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    trace = poutine.trace(vae.model).get_trace(x, y)
+    assert {n for n, s in trace.nodes.items() if s["type"] == "sample"} == {"z", "x"}
+    with pytest.raises(ConfigError, match="pass y, one label per image"):
+        vae.model(x)
+    with pytest.raises(ConfigError, match="has no classifier"):
+        vae.classify(x)
+    assert vae.reconstruct(x, y).shape == x.shape and vae.sample(3, torch.tensor([0, 1, 2])).shape == (3, 1, 6, 6)

@@ -204,3 +204,41 @@ def test_cli_refuses_binarized_mnist_for_m2(tmp_path, capsys):
     )  # fmt: skip
     assert code == 2 and "binarized-mnist" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_conditional_vae_trains_resumes_and_is_scored_given_labels(tmp_path, capsys):
+    data = labelled_data()
+    kw = dict(model="cvae", validation=40, epochs=2, batch_size=20, z_dim=2, hidden=(16,), progress=False,
+              elbo="analytic")  # fmt: skip
+    straight = train(TrainConfig(**kw, out=str(tmp_path / "straight")), data=data)
+    assert not (straight.run_dir / "labelled.json").exists()
+    assert "val_accuracy" not in straight.metrics[-1]
+    train(TrainConfig(**{**kw, "epochs": 1}, out=str(tmp_path / "parts")), data=data)
+    resumed = resume(tmp_path / "parts", epochs=2, data=data)
+    for (name, a), b in zip(straight.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # the held-out loss is −ELBO(x | y) at the true labels, as Pyro's ELBO computes it with y given
+    from pyro_vae.training.labels import labelled_heldout_loss
+
+    vae = straight.vae.eval()
+    pyro.set_rng_seed(3)
+    got = labelled_heldout_loss(vae, pyro.infer.TraceMeanField_ELBO(), data.test, data.test_labels)
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        want = pyro.infer.TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, data.test, data.test_labels)
+    assert got == pytest.approx(want.item() / len(data.test), rel=1e-5)
+
+
+BAD_CVAE = [
+    (["--model", "cvae", "--labels", "20"], "--labels applies to --model m2 only"),
+    (["--model", "cvae", "--elbo", "iwae"], "--model cvae is built for the ELBO"),
+    (["--model", "cvae", "--select-k", "10", "--validation", "20"], "--select-k applies to"),
+    (["--model", "cvae", "--prior", "vamp"], "--prior vamp reads the encoder"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", BAD_CVAE)
+def test_bad_cvae_settings_are_one_line(tmp_path, capsys, argv, expect):
+    root = make_idx_root(tmp_path / "data")
+    refused_train(["--dataset", "mnist", "--data-dir", str(root), *TINY, *argv], capsys, tmp_path / "data", expect,
+                  out=tmp_path / "run")  # fmt: skip

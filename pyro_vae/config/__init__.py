@@ -59,8 +59,10 @@ class TrainConfig:
         "auto", "training images on the device, or streamed from host memory", choices=PLACEMENTS
     )
     #: "vae": one latent layer; "ladder": a hierarchy z_1 ... z_L (pyro_vae.models.hierarchy); "m2": the label as a
-    #: discrete latent, summed out by enumeration where it is unknown (pyro_vae.models.m2)
-    model: str = setting("vae", "one latent layer, a hierarchy, or M2 (semi-supervised)", choices=MODELS)
+    #: discrete latent, summed out by enumeration where it is unknown; "cvae": x given its known label (models.m2)
+    model: str = setting(
+        "vae", "one latent layer, a hierarchy, M2 (semi-supervised) or a class-conditional VAE", choices=MODELS
+    )
     #: --model m2: the labelled share of the training set, drawn with `seed`, the same number per class
     labels: int | None = setting(None, "`model=m2`: labelled training images, balanced over the classes")
     #: --model m2: Kingma et al.'s alpha over N (their eq. 9 uses alpha = 0.1 N for the classifier's term)

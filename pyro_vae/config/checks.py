@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DATASETS = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10", "folder")  # see pyro_vae.data.DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 PLACEMENTS = ("auto", "resident", "stream")
-MODELS = ("vae", "ladder", "m2")
+MODELS = ("vae", "ladder", "m2", "cvae")
 INFERENCES = ("ladder", "bottom-up")
 WARMUP_UNITS = ("epochs", "steps")
 ELBOS = tuple(OBJECTIVES)
@@ -149,32 +149,37 @@ def validate(c: TrainConfig) -> TrainConfig:
 
 
 def _check_labels(c: TrainConfig) -> None:
-    if c.model != "m2":
+    if c.model not in ("m2", "cvae"):
         return
-    if c.labels is None:
-        raise ConfigError("`model=m2` trains on a labelled share of the images: pass `labels=N`, e.g. `labels=100`")
-    _positive("labels", c.labels)
-    if not c.validation:
-        raise ConfigError(
-            "`model=m2` keeps best.pt by accuracy on labelled held-out images: pass `validation=N`, "
-            "e.g. `validation=10000` for MNIST"
-        )
-    if c.elbo != "mc":
-        raise ConfigError(
-            f"`model=m2` sums the label out with TraceEnum_ELBO, whose KL for z is Monte-Carlo; `elbo={c.elbo}` "
-            "does not apply: drop it"
-        )
+    model = f"`model={c.model}`"
+    if c.model == "m2":
+        if c.labels is None:
+            raise ConfigError("`model=m2` trains on a labelled share of the images: pass `labels=N`, e.g. `labels=100`")
+        _positive("labels", c.labels)
+        if not c.validation:
+            raise ConfigError(
+                "`model=m2` keeps best.pt by accuracy on labelled held-out images: pass `validation=N`, "
+                "e.g. `validation=10000` for MNIST"
+            )
+        if c.elbo != "mc":
+            raise ConfigError(
+                f"`model=m2` sums the label out with TraceEnum_ELBO, whose KL for z is Monte-Carlo; "
+                f"`elbo={c.elbo}` does not apply: drop it"
+            )
+        _finite_positive("classifier_weight", c.classifier_weight, "e.g. `classifier_weight=0.1`")
+    if c.elbo == "iwae":
+        raise ConfigError(f"{model} is built for the ELBO (`elbo=mc` or `analytic`), not `elbo=iwae`")
     if c.prior == "vamp":
         raise ConfigError(
-            "`prior=vamp` reads the encoder at pseudo-inputs, which in M2 would need labels too; choose another prior"
+            f"`prior=vamp` reads the encoder at pseudo-inputs, which in {model} would need labels too; "
+            "choose another prior"
         )
     if c.free_bits:
-        raise ConfigError("`free_bits` is not built for `model=m2`: drop it")
+        raise ConfigError(f"`free_bits` is not built for {model}: drop it")
     if c.guide != "gaussian":
-        raise ConfigError(f"`guide={c.guide}` is for `model=vae`; M2's q(z|x,y) is Gaussian: drop it")
+        raise ConfigError(f"`guide={c.guide}` is for `model=vae`; the q(z|x,y) of {model} is Gaussian: drop it")
     if c.cuda_graphs:
-        raise ConfigError("`cuda_graphs` captures the one-set ELBO step; `model=m2` mixes two sets: drop it")
-    _finite_positive("classifier_weight", c.classifier_weight, "e.g. `classifier_weight=0.1`")
+        raise ConfigError(f"`cuda_graphs` captures the one-set ELBO step; {model} reads labels: drop it")
 
 
 def _named(name: str) -> str:

@@ -98,10 +98,17 @@ def label_elbos(vae: object, x: torch.Tensor, labels: torch.Tensor, seed: int | 
     _check(vae, x, labels)
     with seeded(seed, x.device):
         w = log_weights_by_label(vae, x, 1)[:, 0].double()  # (C, N)
-    log_q = torch.log_softmax(vae.classifier(vae.encoder_input(x)).double(), -1).T  # type: ignore[attr-defined]
     labelled = w.gather(0, labels.to(w.device).long().unsqueeze(0))[0]
+    if _conditional(vae):  # no classifier: the ELBO of x given its label only
+        return {"labelled": labelled}
+    log_q = torch.log_softmax(vae.classifier(vae.encoder_input(x)).double(), -1).T  # type: ignore[attr-defined]
     unlabelled = (log_q.exp() * (w - log_q)).sum(0)
     return {"labelled": labelled, "unlabelled": unlabelled}
+
+
+def _conditional(vae: object) -> bool:
+    """A conditional VAE (every label given, no classifier), rather than M2."""
+    return getattr(vae, "classifier", None) is None
 
 
 @torch.no_grad()
@@ -117,7 +124,8 @@ def evaluate_labels(
     """All held-out numbers of an M2 model, in the layout of :func:`pyro_vae.evaluate.evaluate`: the test
     accuracy, the ELBO with the label given and with it summed out, and −log p(x) for each K with the label
     summed exactly over the classes (each K scored from the first K draws of one pass), per image, each with
-    its standard error over images.
+    its standard error over images. For a conditional VAE (no classifier): the ELBO and −log p(x | y) at the true
+    labels, and ``"given_label": True``.
 
     :returns: ``{"accuracy": {"mean", "se"}, "elbo": {"labelled": ..., "unlabelled": ...}, "nll": {"<K>": ...}}``.
     """
@@ -126,8 +134,12 @@ def evaluate_labels(
     ks = check_arguments(ks, batch_size=batch_size, elbo_particles=1, seed=seed)
     _check(vae, x, labels)
     dims = math.prod(x.shape[1:])
+    conditional = _conditional(vae)
     result: dict = {"num_points": len(x), "dims": dims, "seed": seed, "elbo": {}, "nll": {}}
-    result["accuracy"] = accuracy(vae, x, labels)
+    if conditional:
+        result["given_label"] = True  # the −log p(x | y) rows
+    else:
+        result["accuracy"] = accuracy(vae, x, labels)
     start = time.perf_counter()
     parts: dict[str, list[torch.Tensor]] = {"labelled": [], "unlabelled": []}
     for first in range(0, len(x), 10 * batch_size):
@@ -135,6 +147,8 @@ def evaluate_labels(
         for name, v in label_elbos(vae, x[chunk], labels[chunk], _batch_seed(seed, first)).items():
             parts[name].append(v)
     for name, given in (("labelled", "the true label given"), ("unlabelled", "the label summed out under q(y|x)")):
+        if name not in parts or not parts[name]:
+            continue
         result["elbo"][name] = {
             "neg_elbo": Estimate.of(-torch.cat(parts[name])).to_dict(),
             "label": given,
@@ -146,6 +160,9 @@ def evaluate_labels(
     for first in range(0, len(x), batch_size):
         with seeded(_batch_seed(seed, first), x.device):
             w = log_weights_by_label(vae, x[first : first + batch_size], largest).double()  # (C, S, n)
+        if conditional:  # log p(x | y) at the true label: its importance weights alone
+            y = labels[first : first + batch_size].to(w.device).long()
+            w = w.gather(0, y.reshape(1, 1, -1).expand(1, w.shape[1], -1))
         for k in ks:
             sums[k].append(torch.logsumexp(w[:, :k].flatten(0, 1), 0) - math.log(k))
     for k in ks:

@@ -172,6 +172,9 @@ def format_table(result: dict) -> str:
         units = ", ".join(f"{k} {v['active']}/{v['units']}" for k, v in result["active_units"].items())
         rows.append((f"active units (Var_x E_q[u] > {ACTIVE_UNIT_THRESHOLD})", "", "", units))
     for k, e in result["nll"].items():
-        rows.append((f"-log p(x), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim"))
+        given = " | y" if result.get("given_label") else ""
+        rows.append(
+            (f"-log p(x{given}), IS K={k}", f"{e['mean']:.3f}", f"{e['se']:.3f}", f"{e['bits_per_dim']:.4f} bits/dim")
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)

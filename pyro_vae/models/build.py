@@ -89,7 +89,7 @@ def build_vae_from_config(
     likelihood = parts.get("likelihood") or build_likelihood(
         config.likelihood, event_shape, config.likelihood_scale, getattr(config, "mixture_components", 10)
     )
-    if getattr(config, "model", "vae") == "m2":
+    if getattr(config, "model", "vae") in ("m2", "cvae"):
         return _m2_from_config(event_shape, config, parts, likelihood, classes)
     out = decoder_shape(likelihood, event_shape)
     if getattr(config, "model", "vae") == "ladder":
@@ -123,9 +123,11 @@ def _m2_from_config(
     from pyro_vae.models.m2 import build_m2
 
     if set(parts) - {"likelihood", "prior"} or config.net == "custom":
-        raise ConfigError("`model=m2` builds its own label-reading networks; pass a prior or likelihood only")
+        raise ConfigError(
+            f"`model={config.model}` builds its own label-reading networks; pass a prior or likelihood only"
+        )
     if classes is None:
-        raise ConfigError("`model=m2` needs the number of classes, from the data's labels")
+        raise ConfigError(f"`model={config.model}` needs the number of classes, from the data's labels")
     return build_m2(
         event_shape,
         classes,
@@ -137,6 +139,7 @@ def _m2_from_config(
         config.likelihood_scale,
         decoder_hidden=config.decoder_hidden,
         conv=config.conv_spec(),
+        conditional=config.model == "cvae",
     )
 
 

@@ -223,6 +223,65 @@ class SemiSupervisedVAE(VAE):
         return (x / 255 if self.data_kind == "byte" else x).clamp(0, 1)
 
 
+class ConditionalVAE(SemiSupervisedVAE):
+    """A class-conditional VAE, for data whose every label is known: p(x | z, y) and q(z | x, y), with y an input
+    of both (no label site, no classifier). Its ELBO bounds log p(x | y).
+
+    :param encoder: a :class:`LabelledEncoder`, q(z | x, y).
+    :param decoder: a :class:`LabelledDecoder`, p(x | z, y).
+    :param prior: p(z); ``likelihood``, ``event_shape`` and ``classes`` as for :class:`SemiSupervisedVAE`.
+    """
+
+    def __init__(
+        self,
+        encoder: LabelledEncoder,
+        decoder: LabelledDecoder,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        event_shape: Sequence[int],
+        classes: int,
+    ) -> None:
+        super().__init__(encoder, decoder, None, prior, likelihood, event_shape, classes)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _need(y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise ConfigError("a conditional VAE models x given its label: pass y, one label per image")
+        return y
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x, z | y) for a batch ``x: (N, *event_shape)`` and its labels ``y: (N,)``."""
+        y = self._need(y)
+        self._register("decoder", "prior", "likelihood")
+        with self.data_plate(x):
+            with self._kl_scaled():
+                z = pyro.sample("z", self.prior())
+            out = _full_precision(self.decoder(z, y))
+            pyro.sample("x", self.likelihood(out, len(self.event_shape)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q(z | x, y)."""
+        y = self._need(y)
+        self._register("encoder", "posterior")
+        with self.data_plate(x):
+            loc, scale = self.encoder(self.encoder_input(x), y)
+            with self._kl_scaled():
+                pyro.sample("z", self.posterior(_full_precision(loc), _full_precision(scale)))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError("a conditional VAE has no classifier q(y|x); it models x given y")
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The mean of q(z | x, y) at the given labels."""
+        return [self.encoder(self.encoder_input(x), self._need(y))[0]]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._need(y)
+        return self.decode_labelled(self.posterior_means(x, y)[0], y)
+
+
 def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Indices of ``n`` images balanced over the classes (n / C of each, the first n mod C classes one more),
     drawn with ``seed``: the labelled set of a semi-supervised run. Sorted, so a saved list reads plainly.
@@ -267,6 +326,7 @@ def build_m2(
     decoder_hidden: Sequence[int] | None = None,
     conv: ConvSpec = DEFAULT_CONV,
     mixture_components: int = 10,
+    conditional: bool = False,
 ) -> SemiSupervisedVAE:
     """An M2 model from names, with the networks of :func:`pyro_vae.build_vae`: an encoder for q(z|x,y) that
     reads the one-hot label beside x, a classifier q(y|x) (an encoder's feature network and a linear layer),
@@ -276,6 +336,7 @@ def build_m2(
     :param hidden: the hidden widths (Kingma et al. used one layer of 500 on MNIST).
     :param prior: a name of :data:`pyro_vae.parts.priors.PRIORS` but ``vamp`` (its pseudo-inputs would need
         labels), or a module returning p(z).
+    :param conditional: build a :class:`ConditionalVAE` (every label known, no classifier) instead.
 
     >>> import torch
     >>> from pyro_vae.models.m2 import build_m2
@@ -305,15 +366,33 @@ def build_m2(
     decoder = build_networks(net, event_shape, z_dim + classes, hidden, decoder_hidden, conv, out)[1]
     classifier = build_networks(net, event_shape, z_dim, hidden, decoder_hidden, conv, out)[0]
     features = classifier.head.loc.in_features
+    prior_module = build_prior(prior, z_dim, classifier, event_shape) if isinstance(prior, str) else prior
+    if conditional:
+        return ConditionalVAE(
+            LabelledEncoder(encoder, classes, len(event_shape), planes),
+            LabelledDecoder(decoder, classes),
+            prior_module,
+            likelihood,
+            event_shape,
+            classes,
+        )
     return SemiSupervisedVAE(
         LabelledEncoder(encoder, classes, len(event_shape), planes),
         LabelledDecoder(decoder, classes),
         Classifier(classifier.body, features, classes),
-        build_prior(prior, z_dim, classifier, event_shape) if isinstance(prior, str) else prior,
+        prior_module,
         likelihood,
         event_shape,
         classes,
     )
 
 
-__all__ = ["Classifier", "LabelledDecoder", "LabelledEncoder", "SemiSupervisedVAE", "balanced_subset", "build_m2"]
+__all__ = [
+    "Classifier",
+    "ConditionalVAE",
+    "LabelledDecoder",
+    "LabelledEncoder",
+    "SemiSupervisedVAE",
+    "balanced_subset",
+    "build_m2",
+]

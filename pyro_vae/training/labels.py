@@ -84,6 +84,27 @@ def read_labelled(run_dir: Path, labels: torch.Tensor) -> torch.Tensor:
     return index
 
 
+@torch.no_grad()
+def labelled_heldout_loss(vae: Any, elbo: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """A conditional VAE's held-out loss per image: −ELBO of x given its label y (one z draw per image, KL weight
+    1), as :func:`pyro_vae.training.loop.heldout_loss` for the other models; under torchrun each rank scores its
+    share and the sums are all-reduced."""
+    from pyro_vae.distributed import all_sum
+
+    total = torch.zeros((), device=x.device)
+    mine = shard(len(x))
+    xs, ys = x[mine], y[mine]
+    weight, vae.kl_weight = vae.kl_weight, 1.0
+    try:
+        with vae.registration(False):
+            for start in range(0, len(xs), batch_size):
+                part = slice(start, start + batch_size)
+                total += elbo.differentiable_loss(vae.model, vae.guide, xs[part], ys[part])
+    finally:
+        vae.kl_weight = weight
+    return all_sum(total).item() / len(x)
+
+
 class SemiSupervisedLoss(torch.nn.Module):
     """One step of M2 (Kingma et al. 2014, eq. 9) as a loss: the unlabelled batch ``x`` with y summed out, a
     batch of the labelled set with y observed, and the classifier term on it.
@@ -102,6 +123,9 @@ class SemiSupervisedLoss(torch.nn.Module):
     :param generator: draws the binarization of the labelled batches (the run's generator).
     :param kind: the likelihood's data kind; ``binary``: the images are binary already.
     :param seed: orders the labelled batches.
+    :param conditional: a conditional VAE's step instead: every image is labelled, and the loss is the ELBO of the
+        step's labelled batch given its labels (its size is the unlabelled batch's; ``x`` only sets it).
+    :param elbo: the ELBO of the conditional step (``Trace_ELBO`` or ``TraceMeanField_ELBO``).
     """
 
     def __init__(
@@ -117,6 +141,8 @@ class SemiSupervisedLoss(torch.nn.Module):
         kind: str,
         binary: bool,
         seed: int,
+        conditional: bool = False,
+        elbo: Any = None,
     ) -> None:
         super().__init__()
         self.vae = vae
@@ -125,7 +151,8 @@ class SemiSupervisedLoss(torch.nn.Module):
         self.train_size = train_size
         self.classifier_weight = classifier_weight
         self.generator, self.kind, self.binary, self.seed = generator, kind, binary, seed
-        self.elbo = EnumeratedELBO()
+        self.conditional = conditional
+        self.elbo = elbo if conditional else EnumeratedELBO()
         self.step = 0  # the global step of the next call; the loop sets it at each epoch's start
 
     def labelled_index(self, step: int) -> torch.Tensor:
@@ -141,10 +168,25 @@ class SemiSupervisedLoss(torch.nn.Module):
             taken += len(piece)
         return torch.cat(parts).to(self.images.device)
 
+    def epoch_index(self, step: int) -> torch.Tensor:
+        """The conditional step's images: one pass over every image per epoch, in an order drawn from the seed and
+        the epoch's number; under torchrun this rank's share of the step's batch."""
+        n, b = len(self.images), self.batch_size
+        per_epoch = -(-n // b)
+        epoch, at = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        batch = order[at * b : (at + 1) * b]
+        return batch[shard(len(batch))].to(self.images.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.vae
-        index = self.labelled_index(self.step)
+        index = None if self.conditional else self.labelled_index(self.step)
         self.step += 1
+        if self.conditional:  # the epoch's batches, drawn here with their labels
+            index = self.epoch_index(self.step - 1)
+            x_l = prepare(self.images[index], self.kind, self.generator, self.binary)
+            return self.elbo.differentiable_loss(vae.model, vae.guide, x_l, self.labels[index])
+        assert index is not None
         index = index[shard(len(index))]  # under torchrun each rank takes its share, as of the unlabelled batch
         x_l = prepare(self.images[index], self.kind, self.generator, self.binary)
         y_l = self.labels[index]
@@ -163,6 +205,7 @@ __all__ = [
     "SemiSupervisedLoss",
     "class_count",
     "draw_labelled",
+    "labelled_heldout_loss",
     "read_labelled",
     "save_labelled",
 ]

@@ -38,7 +38,7 @@ from pyro_vae.runs.folder import (
 )
 from pyro_vae.training.graphs import GraphStep
 from pyro_vae.training.guard import StopRequests, snapshot, stop_nonfinite
-from pyro_vae.training.labels import save_labelled
+from pyro_vae.training.labels import labelled_heldout_loss, save_labelled
 from pyro_vae.training.loop import ELBOLoss, heldout_loss, run_epoch
 from pyro_vae.training.resume import prepare_resume
 from pyro_vae.training.setup import Run, describe_objective, few_steps_note, late_milestones_note, setup_run
@@ -253,12 +253,7 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             epoch += 1
             train_loss = progress.total.item() / len(perm)
             vae.eval()
-            val_loss = (
-                heldout_loss(vae, run.heldout_elbo, run.val, config.eval_batch_size)
-                if run.val is not None
-                else math.nan
-            )
-            test_loss = heldout_loss(vae, run.heldout_elbo, run.test, config.eval_batch_size)
+            val_loss, test_loss = _heldout_losses(run)
             selection = val_loss if run.val is not None else test_loss
             scores = _accuracies(run)
             if scores:  # M2: best.pt is the epoch whose classifier labels the validation images best
@@ -312,9 +307,19 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
     return TrainResult(vae, config, run.metrics, run.run_dir)
 
 
+def _heldout_losses(run: Run) -> tuple[float, float]:
+    """The validation (NaN without one) and test loss per image; a conditional VAE's given the images' labels."""
+    vae, elbo, size = run.vae, run.heldout_elbo, run.config.eval_batch_size
+    if run.config.model == "cvae":
+        val = math.nan if run.val is None else labelled_heldout_loss(vae, elbo, run.val, run.val_labels, size)
+        return val, labelled_heldout_loss(vae, elbo, run.test, run.test_labels, size)
+    val = math.nan if run.val is None else heldout_loss(vae, elbo, run.val, size)
+    return val, heldout_loss(vae, elbo, run.test, size)
+
+
 def _accuracies(run: Run) -> dict[str, float]:
     """M2: the share of validation and test images whose most probable label under q(y|x) is right."""
-    if run.labelled is None:
+    if run.config.model != "m2":
         return {}
     assert run.val is not None and run.val_labels is not None and run.test_labels is not None
     size, out = run.config.eval_batch_size, {}
@@ -347,9 +352,10 @@ def _save_pictures(run: Run, shown: torch.Tensor, epoch: int) -> None:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(run.config.seed)
         images = run.run_dir / "images"
+        labels = () if run.config.model != "cvae" else (run.test_labels[: len(shown)],)  # x given its label
         save_reconstructions(
             _unit(shown, run.vae.data_kind),
-            run.vae.reconstruct(shown),
+            run.vae.reconstruct(shown, *labels),
             images / f"reconstructions_epoch{epoch:04d}.png",
             epoch=epoch,
             pictures=run.vae.pictures,

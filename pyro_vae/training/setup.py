@@ -45,7 +45,9 @@ from pyro_vae.training.loop import layer_weights, make_optimizer
 
 def describe_objective(vae: VAE, config: TrainConfig) -> str:
     """What the run optimises, e.g. "KL: analytic" or "KL: Monte-Carlo, prior has no closed form"."""
-    if config.model == "m2":
+    if config.model == "cvae":
+        text = f"conditional VAE: x given its label; {describe_objective(vae, replace(config, model='vae'))}"
+    elif config.model == "m2":
         text = (
             f"M2: y enumerated where unlabelled (TraceEnum_ELBO), KL Monte-Carlo; {config.labels} labelled images, "
             f"classifier term alpha = {config.classifier_weight:g} N"
@@ -211,12 +213,13 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
     else:
         raw, event_shape = None, data.event_shape
     classes = None
-    if config.model == "m2":
+    if config.model in ("m2", "cvae"):
         classes = class_count((raw or data).train_labels, config.dataset if raw is not None else data.name)
     pyro.set_rng_seed(config.seed)
     if vae is None:
         # M2 decodes every class of an unlabelled batch at once
-        points = config.batch_size * (config.particles if config.elbo == "iwae" else classes or 1)
+        enumerated = classes if config.model == "m2" else 1
+        points = config.batch_size * (config.particles if config.elbo == "iwae" else enumerated or 1)
         with torch.device("meta"):
             sketch = build_vae_from_config(event_shape, config, classes=classes)
         hidden = " ".join(map(str, config.hidden))
@@ -335,22 +338,27 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         custom=custom,
         world=here,
     )
-    if config.model == "m2":
+    if config.model in ("m2", "cvae"):
         _attach_labels(run, data, len(train_images), new_run)
     return run
 
 
 def _attach_labels(run: Run, data: ImageData, train_size: int, new_run: bool) -> None:
     """M2: the labelled set (drawn for a new run, read back from the run folder on resume), its loss, and the
-    labels of the held-out images that choose best.pt. The validation images are never labelled for training."""
+    labels of the held-out images that choose best.pt. The validation images are never labelled for training.
+    A conditional VAE: every training image is labelled, and its step is the ELBO of a batch given its labels."""
     config, device = run.config, run.test.device
     labels = data.train_labels[:train_size]
-    if new_run:
+    conditional = config.model == "cvae"
+    if conditional:
+        index = torch.arange(train_size)
+    elif new_run:
         index = draw_labelled(labels, config.labels, config.seed)  # type: ignore[arg-type]
+        run.labelled_index = index
     else:
-        index = read_labelled(run.run_dir, labels)
-    run.labelled_index = index
-    run.elbo = run.heldout_elbo = EnumeratedELBO()
+        index = run.labelled_index = read_labelled(run.run_dir, labels)
+    if not conditional:
+        run.elbo = run.heldout_elbo = EnumeratedELBO()
     run.labelled = SemiSupervisedLoss(
         run.vae,  # type: ignore[arg-type]
         data.train[index].to(device),
@@ -362,6 +370,8 @@ def _attach_labels(run: Run, data: ImageData, train_size: int, new_run: bool) ->
         kind=run.vae.data_kind,
         binary=data.binary,
         seed=config.seed,
+        conditional=conditional,
+        elbo=run.elbo if conditional else None,
     )
     run.val_labels = data.train_labels[train_size:].to(device)
     run.test_labels = data.test_labels.to(device)
