@@ -71,6 +71,7 @@ BASH = [
     (r"--resume", ("run", "--epochs 2")),
     (r"--select-k", ("run", TRAIN_LIMITS)),
     (r"evaluate --pretrained", ("run", "")),
+    (r"--model cvae", ("run", TRAIN_LIMITS + " --validation 100")),
     (r"--model m2", ("run", "--epochs 1 --limit-train 1200 --limit-test 200 --validation 200 --no-progress")),
     (r"evaluate", ("run", "--limit 20")),
     (r"pictures", ("run", "")),
