@@ -56,7 +56,7 @@ class EvalConfig:
                 raise ConfigError("shipped weights are scored on the test split of their recipe: drop `split` and "
                                   "`checkpoint`")  # fmt: skip
         elif not self.run_dir:
-            raise ConfigError("`run_dir` is empty; pass the run folder that pyro-vae-train wrote, or `pretrained`")
+            raise ConfigError("no run folder given; pass RUN_DIR, a folder pyro-vae-train wrote, or `pretrained`")
         limit = self.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ConfigError(f"`limit` must be a positive number of images, got {self.limit}; leave it out for all")
