@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = saved.get("threads")
         measured = (
             f"{date.today():%Y-%m-%d}, {hardware}, torch {saved['versions']['torch']}; trained with "
-            f"`python -m pyro_vae reproduce {name}`{f' ({threads} threads)' if threads else ''}, scored with "
+            f"`python -m pyro_vae reproduce {name}`{f' ({threads} thread(s))' if threads else ''}, scored with "
             f"`python -m pyro_vae evaluate RUN --checkpoint RUN/checkpoints/{checkpoint.name} --k {k}`"
         )
         entry = write_pretrained(name, vae, epoch=state["epoch"], nll=nll, measured=measured)
