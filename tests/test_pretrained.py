@@ -95,16 +95,16 @@ def test_evaluate_pretrained_scores_the_shipped_model(shipped_here, tmp_path, ca
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", sorted(pretrained.pretrained_models()))
 def test_shipped_models_score_their_figure_on_a_subset(name, data_dir):
-    """The first 500 test images at the stored K: their mean −log p(x) is within three standard errors (of the
-    subset's mean, from the spread over its images, and of the stored figure) of the figure measured on the
-    whole test set when the weights were shipped."""
+    """Every 20th test image (500, spread over the set: its first images are harder than the rest) at the stored
+    K: their mean −log p(x) is within three standard errors (of the subset's mean, from the spread over its
+    images, and of the stored figure) of the figure measured on the whole test set when the weights were shipped."""
     from pyro_vae.data import load_data
 
     entry = pretrained.pretrained_models()[name]
     vae = pretrained.load_pretrained(name)
     config = get_recipe(name).config()
-    data = load_data(config.dataset, data_dir, kind=vae.data_kind, download=False, limit_test=500)
+    data = load_data(config.dataset, data_dir, kind=vae.data_kind, download=False)
     k = entry.nll["k"]
-    nll = -importance_log_likelihood(vae, data.test, [k], batch_size=100, seed=0)[k]
+    nll = -importance_log_likelihood(vae, data.test[::20], [k], batch_size=100, seed=0)[k]
     se = (nll.var() / len(nll) + entry.nll["se"] ** 2).sqrt().item()
     assert abs(nll.mean().item() - entry.nll["mean"]) < 3 * se, (nll.mean().item(), entry.nll, se)

@@ -128,8 +128,8 @@ def test_only_free_settings_may_differ():
     assert differences(free, r) == []
     from dataclasses import replace
 
-    changed = replace(r.config(), lr=1e-3, hidden=(500,))
-    assert differences(changed, r) == ["hidden [500] (recipe: [400])", "lr 0.001 (recipe: 0.0001)"]
+    changed = replace(r.config(), lr=1e-4, hidden=(500,))
+    assert differences(changed, r) == ["hidden [500] (recipe: [400])", "lr 0.0001 (recipe: 0.001)"]
     with pytest.raises(ConfigError, match="recipe vae-static-mnist fixes lr"):
         r.config(lr=1e-3)
     assert "epochs" not in FREE_SETTINGS and "seed" not in FREE_SETTINGS

@@ -88,7 +88,7 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> VAE:
 
     >>> from pyro_vae import load_pretrained
     >>> vae = load_pretrained("vae-static-mnist")
-    >>> vae.event_shape, vae.sample(2).shape
+    >>> tuple(vae.event_shape), vae.sample(2).shape
     ((1, 28, 28), torch.Size([2, 1, 28, 28]))
     """
     entry = _entry(name)
