@@ -131,3 +131,17 @@ def make_idx_root(root: Path, folder: str = "MNIST", n_train: int = 120, n_test:
 def idx_root(tmp_path) -> Path:
     """A tiny MNIST in torchvision's layout (gzipped idx files only), for command-line runs."""
     return make_idx_root(tmp_path / "data")
+
+
+def write_amat(root: Path, n: int = 12) -> None:
+    """A fabricated binarized-MNIST folder (``root/binarized_mnist/*.amat.gz``, Larochelle's text format) of ``n``
+    random 784-pixel binary rows per split."""
+    import gzip
+
+    folder = root / "binarized_mnist"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(1)
+    for split in ("train", "valid", "test"):
+        rows = torch.bernoulli(torch.full((n, 784), 0.2), generator=g).int().tolist()
+        with gzip.open(folder / f"binarized_mnist_{split}.amat.gz", "wt") as f:
+            f.write("".join(" ".join(map(str, r)) + "\n" for r in rows))

@@ -16,7 +16,7 @@ from pyro_vae.models import build_vae_from_config
 from pyro_vae.recipes import get_recipe
 from pyro_vae.runs.folder import RunError
 
-from conftest import run_cli
+from conftest import run_cli, write_amat
 
 
 @pytest.fixture
@@ -59,19 +59,9 @@ def test_a_damaged_or_missing_file_is_refused(shipped_here):
         pretrained.load_pretrained("nope")
 
 
-def _amat(root, n: int = 30):
-    folder = root / "binarized_mnist"
-    folder.mkdir(parents=True)
-    g = torch.Generator().manual_seed(1)
-    for split in ("train", "valid", "test"):
-        rows = torch.bernoulli(torch.full((n, 784), 0.2), generator=g).int().tolist()
-        with gzip.open(folder / f"binarized_mnist_{split}.amat.gz", "wt") as f:
-            f.write("".join(" ".join(map(str, r)) + "\n" for r in rows))
-
-
 def test_evaluate_pretrained_scores_the_shipped_model(shipped_here, tmp_path, capsys):
     vae, _ = shipped_here
-    _amat(tmp_path / "data")
+    write_amat(tmp_path / "data", 30)
     out = tmp_path / "scores.json"
     argv = ["--pretrained", "vae-static-mnist", "--data-dir", str(tmp_path / "data"), "--k", "1", "50",
             "--limit", "20", "--threads", "1", "--out", str(out)]  # fmt: skip

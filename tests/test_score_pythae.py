@@ -3,12 +3,11 @@ networks written out by hand), the script scores them end to end, and a folder i
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, write_amat
 
 spec = importlib.util.spec_from_file_location("score_pythae", ROOT / "scripts" / "score_pythae.py")
 score_pythae = importlib.util.module_from_spec(spec)
@@ -53,19 +52,9 @@ def test_weights_map_onto_the_networks_written_out_by_hand(tmp_path):
     torch.testing.assert_close(torch.sigmoid(vae.decoder(z)).flatten(1), recon)
 
 
-def _amat(root, n: int = 12):
-    folder = root / "binarized_mnist"
-    folder.mkdir(parents=True)
-    g = torch.Generator().manual_seed(1)
-    for split in ("train", "valid", "test"):
-        rows = torch.bernoulli(torch.full((n, 784), 0.2), generator=g).int().tolist()
-        with gzip.open(folder / f"binarized_mnist_{split}.amat.gz", "wt") as f:
-            f.write("".join(" ".join(map(str, r)) + "\n" for r in rows))
-
-
 def test_script_scores_end_to_end_and_refuses_in_one_line(tmp_path, capsys):
     folder, _ = pythae_folder(tmp_path)
-    _amat(tmp_path / "data")
+    write_amat(tmp_path / "data", 12)
     argv = [str(folder), "--data-dir", str(tmp_path / "data"), "--k", "1", "20", "--limit", "8", "--threads", "1"]
     code, out, err = run_cli(score_pythae.main, argv, capsys)
     assert code == 0, err
