@@ -367,7 +367,12 @@ def reproduce_parser() -> argparse.ArgumentParser:
         "paper's number. Running it again on the same --out resumes or re-scores the run.",
     )
     a = p.add_argument
-    a("names", nargs="*", metavar="NAME", help="recipe names (see --list); 'families' means every model family")
+    a(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="recipe names (see --list); 'families' means every model family, 'm2-mnist' every label count",
+    )
     a("--list", action="store_true", help="show every recipe with its reference number and exit")
     a("--minutes", type=float, default=None, help="training budget of this call, wall-clock minutes (default: none)")
     a("--data-dir", default=None, help="the dataset's root (default: the run's, or ./data)")
@@ -389,7 +394,7 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
         from dataclasses import asdict
 
         from pyro_vae.files import check_writable_file, write_atomic
-        from pyro_vae.recipes import get_recipe, recipes
+        from pyro_vae.recipes import expand_names
         from pyro_vae.recipes.reproduce import format_list, format_rows, reproduce
 
         if args.list:
@@ -399,8 +404,7 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("name a recipe (python -m pyro_vae reproduce --list shows them), e.g. vae-static-mnist")
         names: list[str] = []
         for name in args.names:
-            more = [r.name for r in recipes().values() if r.family] if name == "families" else [get_recipe(name).name]
-            names += [n for n in more if n not in names]
+            names += [n for n in expand_names(name) if n not in names]
         if args.out is not None and len(names) > 1:
             raise ConfigError(f"--out names one run folder; drop it to run {len(names)} recipes in runs/reproduce-NAME")
         if args.table is not None:

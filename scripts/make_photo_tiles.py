@@ -1,5 +1,9 @@
-"""Cut scikit-image's colour photographs into 32x32 tiles with a fixed train/test split, for measuring
+"""Cut scikit-image's photographs into 32x32 tiles with a fixed train/test split, for measuring
 8-bit likelihoods (bits/dim) against lossless PNG and WebP: ``python scripts/make_photo_tiles.py OUT``.
+
+``--set`` picks one of the named photo sets (``everyday``, the default; ``flat-dark``: large flat dark
+regions and synthetic gradients beside ordinary photographs; ``gray``: grayscale photographs, textures
+and a page of text, one channel), or ``--photos`` names scikit-image's images one by one.
 
 Every photograph is cut into non-overlapping tiles on a grid from its top-left corner; a seeded draw
 puts ``--test-fraction`` of each photograph's tiles in ``OUT/test/`` and the rest in ``OUT/train/``,
@@ -16,25 +20,62 @@ from PIL import Image
 from pyro_vae.errors import ConfigError, OneLineParser, run_script
 from pyro_vae.files import check_out_folder
 
-# the photographs of everyday scenes that ship inside the scikit-image wheel (no download): colour,
-# 8 bits per channel; the synthetic ones (colorwheel, logo) and the mostly-black retina are left out
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle")
+# photo sets from the images that ship inside the scikit-image wheel (no download), 8 bits per channel;
+# each set is one kind of image for a codec: ordinary scenes, flat regions and gradients, one channel
+PHOTO_SETS = {
+    # everyday colour scenes
+    "everyday": (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "immunohistochemistry",
+        "hubble_deep_field",
+        "stereo_motorcycle",
+    ),
+    # where PNG is strong: the mostly-black retina and deep field, a synthetic colour wheel on flat white,
+    # a logo with flat saturated colours, beside two ordinary photographs
+    "flat-dark": ("retina", "hubble_deep_field", "colorwheel", "logo", "astronaut", "rocket"),
+    # one channel: a photograph, the moon, textures, coins, scanned text and a page, a clock's smooth wall
+    "gray": ("camera", "moon", "brick", "grass", "gravel", "coins", "text", "page", "clock", "cell"),
+}
+PHOTOS = PHOTO_SETS["everyday"]
 
 
 def _refuse(message: str) -> None:
     raise ConfigError(message)
 
 
-def photographs() -> dict[str, np.ndarray]:
-    """Each photograph as ``(H, W, 3)`` uint8."""
+def _as_bytes(img: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 3)`` uint8: alpha composited over white (the logo), other dtypes refused."""
+    if img.dtype != np.uint8:
+        _refuse(f"an image of dtype {img.dtype} is not an 8-bit photograph; choose another")
+    if img.ndim == 3 and img.shape[2] == 4:
+        alpha = img[..., 3:].astype(np.float64) / 255
+        img = np.rint(img[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return img
+
+
+def photographs(names=PHOTOS) -> dict[str, np.ndarray]:
+    """Each of scikit-image's images ``names`` as ``(H, W, 3)`` or ``(H, W)`` uint8; a set mixing colour and
+    grayscale images is refused (a folder of tiles has one channel count)."""
     import skimage.data
 
     out = {}
-    for name in PHOTOS:
-        img = getattr(skimage.data, name)()
+    for name in names:
+        load = getattr(skimage.data, name, None)
+        if not callable(load) or name.startswith("_") or name in ("download_all", "data_dir"):
+            _refuse(f"skimage.data has no image {name!r}; name one of its images, e.g. astronaut")
+        try:
+            img = load()
+        except (ImportError, OSError, ValueError) as exc:  # images that need pooch and a download
+            _refuse(f"skimage.data.{name} cannot be loaded here ({type(exc).__name__}); choose another image")
         if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity); the left view
             img = img[0]
-        out[name] = np.asarray(img)[..., :3]
+        out[name] = _as_bytes(np.asarray(img))
+    if len({img.ndim for img in out.values()}) > 1:
+        gray = ", ".join(n for n, img in out.items() if img.ndim == 2)
+        _refuse(f"the set mixes grayscale ({gray}) and colour images; make one set of each")
     return out
 
 
@@ -44,6 +85,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=32, help="side of each tile in pixels (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="tiles of each photograph held out")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default %(default)s)")
+    p.add_argument("--set", choices=sorted(PHOTO_SETS), default="everyday", help="the photo set (default %(default)s)")
+    p.add_argument("--photos", nargs="+", metavar="NAME", help="scikit-image's images by name, instead of --set")
     args = p.parse_args()
     return run_script(lambda: write_tiles(args))
 
@@ -60,7 +103,7 @@ def write_tiles(args) -> None:
     if out.exists() and any(out.iterdir()):
         _refuse(f"{out} exists and is not an empty folder; pass a new folder")
     try:
-        photos = photographs()
+        photos = photographs(args.photos or PHOTO_SETS[args.set])
     except ImportError:
         _refuse("scikit-image is needed for its photographs: pip install scikit-image (or pip install -e '.[dev]')")
     rng = np.random.default_rng(args.seed)
@@ -71,6 +114,8 @@ def write_tiles(args) -> None:
     for name, img in photos.items():
         rows, cols = img.shape[0] // s, img.shape[1] // s
         n = rows * cols
+        if n < 2:
+            _refuse(f"{name} ({img.shape[1]}x{img.shape[0]}) has under 2 tiles of {s}x{s}; pass a smaller --size")
         test = set(rng.permutation(n)[: max(1, round(n * args.test_fraction))].tolist())
         for i in range(n):
             r, c = divmod(i, cols)

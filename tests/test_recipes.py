@@ -52,7 +52,8 @@ def test_every_recipe_validates_builds_and_loads_as_a_settings_file(name):
     d = TrainConfig().to_dict()
     d.update(json.loads((ROOT / "pyro_vae" / "recipes" / f"{name}.json").read_text()))
     assert TrainConfig.from_dict(d).validate() == config
-    vae = build_vae_from_config((1, 28, 28), config)
+    classes = 10 if config.model in ("m2", "cvae") else None  # MNIST's labels
+    vae = build_vae_from_config((1, 28, 28), config, classes=classes)
     assert sum(p.numel() for p in vae.parameters()) > 0
     assert differences(config, r) == []
 
@@ -167,6 +168,42 @@ def test_row_arithmetic_and_labels():
     assert family.reference is None and family.difference is None
 
 
+def _accuracy_result(mean=0.9, se=0.003):
+    return {**_result(k=100), "accuracy": {"mean": mean, "se": se}}
+
+
+def test_an_accuracy_row_is_in_percent_beside_the_papers_accuracy():
+    r = get_recipe("m2-mnist-600")
+    assert r.metric == "accuracy" and r.reference == 95.06 and r.k == 100
+    row = make_row(r, _accuracy_result(), epochs_run=50, train_seconds=1.0, run_dir="x")
+    assert row.metric == "accuracy" and row.value == pytest.approx(90.0) and row.se == pytest.approx(0.3)
+    assert row.difference == pytest.approx(90.0 - 95.06)
+    line = format_rows([row]).splitlines()[1]
+    assert "90.00 %" in line and "-5.06" in line and "full recipe" in line
+    nll_row = make_row(get_recipe("vae-static-mnist"), _result(), epochs_run=500, train_seconds=1.0, run_dir="x")
+    assert nll_row.metric == "nll" and "91.25 nats" in format_rows([nll_row])
+
+
+def test_a_series_name_runs_every_label_count_in_order():
+    from pyro_vae.recipes import expand_names
+
+    assert expand_names("m2-mnist") == ["m2-mnist-100", "m2-mnist-600", "m2-mnist-1000", "m2-mnist-3000"]
+    assert expand_names("m2-mnist-600") == ["m2-mnist-600"]
+    assert expand_names("families") == [r.name for r in recipes().values() if r.family]
+    for name in ("m2-mnist-6", "nothing"):  # only whole parts before a "-" make a series
+        with pytest.raises(ConfigError, match="unknown recipe"):
+            expand_names(name)
+
+
+def test_every_m2_recipe_is_its_label_count_with_the_papers_figure():
+    papers = {100: 88.03, 600: 95.06, 1000: 96.40, 3000: 96.08}  # Kingma et al. 2014, Table 1: 100 - error
+    for n, accuracy in papers.items():
+        r = get_recipe(f"m2-mnist-{n}")
+        config = r.config()
+        assert config.model == "m2" and config.labels == n and config.validation == 10000
+        assert r.reference == accuracy and r.checkpoint == "best" and r.split == "test"
+
+
 # ------------------------------------------------------------------------------------------------
 # reproduce end to end on tiny data
 
@@ -217,8 +254,8 @@ def test_reproduce_trains_scores_and_writes_one_row(tiny, tmp_path, capsys):
     assert code == 0, err
     row = json.loads((out / ROW_FILE).read_text())["row"]
     (entry,) = read_results(out / "eval.json")
-    assert row["nll"] == entry["nll"]["50"]["mean"] and row["se"] == entry["nll"]["50"]["se"]
-    assert row["difference"] == pytest.approx(row["nll"] - 60.0, abs=1e-12)
+    assert row["value"] == entry["nll"]["50"]["mean"] and row["se"] == entry["nll"]["50"]["se"]
+    assert row["difference"] == pytest.approx(row["value"] - 60.0, abs=1e-12)
     assert row["epochs_run"] == row["epochs_recipe"] == 2 and row["status"] == "full recipe"
     assert row["scored_epoch"] == 2 and row["checkpoint"] == "last.pt" and row["num_points"] == 40
     assert row["device"] == "cpu" and row["train_seconds"] > 0
@@ -227,7 +264,7 @@ def test_reproduce_trains_scores_and_writes_one_row(tiny, tmp_path, capsys):
     code, stdout, err = call(argv, capsys)
     assert code == 0, err
     assert "reusing the K = 50 evaluation" in stdout
-    assert json.loads((out / ROW_FILE).read_text())["row"]["nll"] == row["nll"]
+    assert json.loads((out / ROW_FILE).read_text())["row"]["value"] == row["value"]
     assert len(read_results(out / "eval.json")) == 1
 
 
@@ -246,6 +283,24 @@ def test_a_budget_limited_row_says_so_and_resume_continues_it(tiny, tmp_path, ca
     assert "budget-limited (2 of 1000 epochs)" in stdout
     assert json.loads((out / ROW_FILE).read_text())["row"]["scored_epoch"] == 2
     assert len(read_results(out / "eval.json")) == 2  # each checkpoint scored once
+
+
+def test_an_accuracy_recipe_scores_the_classifier_the_validation_accuracy_chose(tiny, tmp_path):
+    settings = dict(model="m2", labels=20, validation=30, hidden=[16], classifier_weight=10.0)
+    recipe = _tiny_recipe(epochs=3, checkpoint="best", **settings)
+    recipe.source["protocol"] = {"metric": "accuracy", "k": 5, "split": "test", "checkpoint": "best"}
+    recipe.source["reference"] = 50.0
+    root = tiny(recipe)
+    out = tmp_path / "run"
+    row = reproduce("tiny", data_dir=str(root), download=False, out=out, progress=False, say=lambda s: None)
+    metrics = list(csv.DictReader(open(out / "metrics.csv")))
+    best = max(metrics, key=lambda r: float(r["val_accuracy"]))  # the first epoch of the highest, as best.pt keeps
+    assert row.checkpoint == "best.pt" and row.scored_epoch == int(best["epoch"])
+    # the test accuracy of the chosen epoch, as the run logged it, in percent
+    assert row.metric == "accuracy" and row.value == pytest.approx(100 * float(best["test_accuracy"]), abs=1e-9)
+    assert row.difference == pytest.approx(row.value - 50.0) and row.num_points == 40
+    (entry,) = read_results(out / "eval.json")
+    assert "5" in entry["nll"] and entry["accuracy"]["mean"] == pytest.approx(row.value / 100)
 
 
 def test_best_checkpoint_protocol_scores_the_validation_choice(tiny, tmp_path):
@@ -337,6 +392,11 @@ BAD_RECIPES = {
     "bad-split": (lambda d: d["recipe"]["protocol"].update(split="everything"), "protocol split must be one of"),
     "bad-checkpoint": (lambda d: d["recipe"]["protocol"].update(checkpoint="first"), "checkpoint one of best, last"),
     "bad-reference": (lambda d: d["recipe"].update(reference="89.9"), "reference must be a number of nats or null"),
+    "bad-metric": (lambda d: d["recipe"]["protocol"].update(metric="bpd"), "protocol metric must be one of nll"),
+    "accuracy-without-labels": (
+        lambda d: d["recipe"]["protocol"].update(metric="accuracy"),
+        "protocol metric accuracy scores a classifier: the settings need model m2",
+    ),
     "bad-setting": (lambda d: d.update(lr=-1), "`lr` must be a finite number > 0"),
     "unknown-setting": (lambda d: d.update(learning_rate=0.1), "unknown settings ['learning_rate']"),
 }

@@ -129,6 +129,11 @@ class TrainConfig:
     weight_decay: float = setting(
         0.0, "decoupled (AdamW) weight decay of the weight matrices and kernels; 0 leaves them alone"
     )
+    #: Polyak averaging (PixelCNN++, VDVAE): held-out losses that move by tenths of a bit/dim from epoch to
+    #: epoch settle when scored with a moving average of the weights; 0.999 averages about the last 1000 steps
+    ema: float = setting(
+        0.0, "decay of the weights' moving average that held-out losses, best.pt and evaluation use; 0: off"
+    )
     #: clip the gradient norm to this; None leaves gradients alone
     clip_grad: float | None = setting(None, "clip the gradient norm to this value")
     #: "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K

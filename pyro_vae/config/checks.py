@@ -130,6 +130,10 @@ def validate(c: TrainConfig) -> TrainConfig:
             )
     if c.clip_grad is not None:
         _finite_positive("clip_grad", c.clip_grad, "e.g. `clip_grad=100`")
+    if not (math.isfinite(c.ema) and 0 <= c.ema < 1):
+        raise ConfigError(f"`ema` must be a decay from 0 (off) up to, not including, 1, got {c.ema}; e.g. `ema=0.999`")
+    if c.ema and c.cuda_graphs:
+        raise ConfigError("`ema` updates the average outside the captured `cuda_graphs` step; drop one of them")
     if c.time_limit is not None:
         _finite_positive("time_limit", c.time_limit, "minutes, e.g. `time_limit=10`")
     _finite_positive("likelihood_scale", c.likelihood_scale, "e.g. `likelihood_scale=0.1`")

@@ -3,8 +3,10 @@
 Each ``<name>.json`` beside this module is a ``--config`` settings file (the names of
 :class:`~pyro_vae.config.TrainConfig`) with one extra key, ``recipe``, that names its source: the paper,
 the table and its number, the data and binarization, the architecture and optimiser, the evaluation
-protocol (``k`` importance samples on ``split`` with the ``best`` or ``last`` checkpoint), and what this
-toolkit does differently. Adding a recipe is adding one file; :func:`recipes` finds it.
+protocol (``k`` importance samples on ``split`` with the ``best`` or ``last`` checkpoint; ``metric``
+``"nll"``, the default, or ``"accuracy"`` for a semi-supervised model), and what this toolkit does
+differently. Adding a recipe is adding one file; :func:`recipes` finds it. Recipes named ``NAME-*`` form
+a series that ``reproduce NAME`` runs whole (``m2-mnist``: one recipe per label count).
 
 A run is labelled as a recipe only when every setting that decides what it computes equals the
 recipe's (:func:`differences`); where it runs, how often it logs, or how long it may take do not count.
@@ -65,8 +67,14 @@ class Recipe:
 
     @property
     def reference(self) -> float | None:
-        """The published −log p(x) in nats, or ``None`` for a model-family recipe (no paper number)."""
+        """The published figure in the protocol's metric (−log p(x) in nats, or test accuracy in percent), or
+        ``None`` for a model-family recipe (no paper number)."""
         return self.source.get("reference")
+
+    @property
+    def metric(self) -> str:
+        """``"nll"`` (−log p(x) in nats, K importance samples) or ``"accuracy"`` (test accuracy in percent)."""
+        return str(self.source["protocol"].get("metric", "nll"))
 
     @property
     def family(self) -> bool:
@@ -108,6 +116,7 @@ class Recipe:
 MAX_RECIPE_BYTES = 2**20
 CHECKPOINTS = ("best", "last")
 SPLITS = ("test", "valid", "train")
+METRICS = ("nll", "accuracy")
 
 
 def _read(path: Path) -> Recipe:
@@ -143,6 +152,13 @@ def _read(path: Path) -> Recipe:
             f"{where}: protocol split must be one of {', '.join(SPLITS)} and checkpoint one of "
             f"{', '.join(CHECKPOINTS)}, got {protocol.get('split')!r} and {protocol.get('checkpoint')!r}"
         )
+    metric = protocol.get("metric", "nll")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: protocol metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if metric == "accuracy" and d.get("model") != "m2":
+        raise ConfigError(f"{where}: protocol metric accuracy scores a classifier: the settings need model m2")
+    if metric == "accuracy" and reference is not None and not 0 < reference <= 100:
+        raise ConfigError(f"{where}: an accuracy reference is a percentage in (0, 100], got {reference!r}")
     recipe = Recipe(path.stem, d, source)
     try:
         recipe.config()
@@ -185,6 +201,20 @@ def get_recipe(name: str) -> Recipe:
     return known[name]
 
 
+def expand_names(name: str) -> list[str]:
+    """The recipes ``reproduce NAME`` runs: ``families`` is every model family; a recipe's own name is that
+    recipe; a name that prefixes recipes as ``NAME-*`` (and is none itself) is that series, in order of size
+    (``m2-mnist``: 100, 600, 1000, 3000 labels)."""
+    known = recipes()
+    if name == "families":
+        return [r.name for r in known.values() if r.family]
+    if name not in known and name not in recipe_problems():
+        series = [r for r in known.values() if r.name.startswith(f"{name}-")]
+        if series:
+            return [r.name for r in sorted(series, key=lambda r: (r.settings.get("labels") or 0, r.name))]
+    return [get_recipe(name).name]
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
@@ -208,4 +238,13 @@ def differences(config: TrainConfig, recipe: Recipe) -> list[str]:
     return out
 
 
-__all__ = ["FREE_SETTINGS", "RECIPE_DIR", "Recipe", "differences", "get_recipe", "recipe_problems", "recipes"]
+__all__ = [
+    "FREE_SETTINGS",
+    "RECIPE_DIR",
+    "Recipe",
+    "differences",
+    "expand_names",
+    "get_recipe",
+    "recipe_problems",
+    "recipes",
+]

@@ -2,8 +2,9 @@
 
 Train the recipe (within a time budget if one is given; an unfinished run in the folder is resumed),
 score it with the recipe's protocol (K importance samples over the whole split, its ``best`` or
-``last`` checkpoint), and write one row: measured −log p(x) ± s.e., the reference, the difference,
-epochs run against the recipe's, wall time and device. A run stopped by its budget is labelled
+``last`` checkpoint), and write one row: the measured figure ± s.e. (−log p(x) in nats, or test accuracy
+in percent for a semi-supervised recipe), the reference, the difference, epochs run against the
+recipe's, wall time and device. A run stopped by its budget is labelled
 budget-limited, never a reproduction; a run folder whose settings differ from the recipe is refused.
 """
 
@@ -27,14 +28,17 @@ EVAL_SEED = 0  # the seed of the protocol's draws: rows re-scored later give the
 class Row:
     """One results-table row.
 
+    :param metric: ``"nll"``: ``value`` is −log p(x) in nats at K importance samples; ``"accuracy"``: test
+        accuracy in percent.
     :param status: ``"full recipe"`` when every epoch of the recipe was trained, else
         ``"budget-limited"``: such a row is never a reproduction of the paper's figure.
-    :param difference: measured minus reference, in nats (``None`` for a model-family recipe).
+    :param difference: measured minus reference, in the metric's unit (``None`` for a model-family recipe).
     :param train_seconds: the run's training time over all its sessions (epochs and checkpoints).
     """
 
     recipe: str
-    nll: float
+    metric: str
+    value: float
     se: float
     k: int
     num_points: int
@@ -56,18 +60,24 @@ class Row:
 
 
 def make_row(recipe: Recipe, result: dict, *, epochs_run: int, train_seconds: float, run_dir: str) -> Row:
-    """The row for ``result`` (an :func:`pyro_vae.evaluate.evaluate` result with the recipe's K)."""
-    nll = result["nll"][str(recipe.k)]
+    """The row for ``result`` (an :func:`pyro_vae.evaluate.evaluate` result with the recipe's K, or an
+    :func:`pyro_vae.evaluate.labels.evaluate_labels` one for an accuracy recipe)."""
+    if recipe.metric == "accuracy":
+        value, se = 100 * float(result["accuracy"]["mean"]), 100 * float(result["accuracy"]["se"])
+    else:
+        nll = result["nll"][str(recipe.k)]
+        value, se = float(nll["mean"]), float(nll["se"])
     reference = recipe.reference
     full = epochs_run >= recipe.epochs
     return Row(
         recipe=recipe.name,
-        nll=float(nll["mean"]),
-        se=float(nll["se"]),
+        metric=recipe.metric,
+        value=value,
+        se=se,
         k=recipe.k,
         num_points=int(result["num_points"]),
         reference=reference,
-        difference=None if reference is None else float(nll["mean"]) - reference,
+        difference=None if reference is None else value - reference,
         status="full recipe" if full else "budget-limited",
         epochs_run=epochs_run,
         epochs_recipe=recipe.epochs,
@@ -89,7 +99,7 @@ def format_rows(rows: list[Row]) -> str:
     """Rows as an aligned text table; budget-limited rows say so in their status column."""
     head = (
         "recipe",
-        "-log p(x)",
+        "result",
         "s.e.",
         "K",
         "reference",
@@ -105,10 +115,11 @@ def format_rows(rows: list[Row]) -> str:
         status = (
             r.status if r.full else f"budget-limited ({r.epochs_run} of {r.epochs_recipe} epochs): not a reproduction"
         )
+        unit = " %" if r.metric == "accuracy" else " nats"
         table.append(
             (
                 r.recipe,
-                f"{r.nll:.2f}",
+                f"{r.value:.2f}{unit}",
                 f"{r.se:.2f}",
                 str(r.k),
                 "-" if r.reference is None else f"{r.reference:.2f}",
@@ -131,7 +142,8 @@ def format_list() -> str:
 
     table = [("recipe", "reference", "epochs", "K", "what")]
     for r in recipes().values():
-        ref = "- (model family)" if r.family else f"{r.reference:.2f}"
+        unit = " %" if r.metric == "accuracy" else ""
+        ref = "- (model family)" if r.family else f"{r.reference:.2f}{unit}"
         table.append((r.name, ref, str(r.epochs), str(r.k), r.source["title"]))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4] for row in table]
@@ -205,6 +217,7 @@ def _stored_result(run_dir: Path, checkpoint: Path, epoch: int, recipe: Recipe) 
             and entry.get("seed") == EVAL_SEED
             and entry.get("elbo_particles") == 1
             and str(recipe.k) in entry.get("nll", {})
+            and (recipe.metric != "accuracy" or "accuracy" in entry)
         )
         if same:
             return entry
@@ -236,7 +249,13 @@ def score(
         run_dir, split=recipe.split, checkpoint=checkpoint, device=resolve_device(device), data_dir=data_dir
     )
     say(f"scoring {checkpoint.name} (epoch {epoch}): K = {recipe.k} over {len(loaded.x)} {recipe.split} images")
-    result = evaluate(loaded.vae, loaded.x, [recipe.k], seed=EVAL_SEED, batch_size=100, progress=progress)
+    if hasattr(loaded.vae, "classify"):  # M2: accuracy, both ELBOs, log p(x) with the label summed exactly
+        from pyro_vae.evaluate.labels import evaluate_labels
+
+        labels = loaded.labels.to(loaded.x.device)
+        result = evaluate_labels(loaded.vae, loaded.x, labels, [recipe.k], seed=EVAL_SEED, batch_size=100)
+    else:
+        result = evaluate(loaded.vae, loaded.x, [recipe.k], seed=EVAL_SEED, batch_size=100, progress=progress)
     result = {
         "run_dir": str(run_dir.resolve()),
         "checkpoint": str(checkpoint.resolve()),

@@ -133,6 +133,7 @@ def training_state(
     best: float | None = None,
     data: dict[str, Any] | None = None,
     custom: dict[str, str] | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds.
 
@@ -141,6 +142,8 @@ def training_state(
     :param best: the best validation loss so far (for ``best.pt``).
     :param data: the run's data record (source, shape, fingerprints).
     :param custom: the parts passed as modules, ``{part: "module.Class"}``.
+    :param averaged: with ``ema``: the model's state with the moving average of the weights, which
+        evaluation loads (``model`` holds the raw weights that training resumes from).
     """
     return {
         "format_version": FORMAT_VERSION,
@@ -158,6 +161,7 @@ def training_state(
         "custom": custom or {},
         # M2's number of labels, which the model's shape depends on (None for the other models)
         "classes": getattr(vae, "classes", None),
+        **({"averaged_model": averaged} if averaged is not None else {}),
     }
 
 
@@ -182,7 +186,11 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     missing = {"format_version", "model", "config", "event_shape"} - set(state if isinstance(state, dict) else {})
     if missing:
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint (no {', '.join(sorted(missing))})")
-    if not isinstance(state["model"], dict) or not isinstance(state["config"], dict):
+    if (
+        not isinstance(state["model"], dict)
+        or not isinstance(state["config"], dict)
+        or not isinstance(state.get("averaged_model", {}), dict)
+    ):
         raise CheckpointError(f"{path} is damaged: its model or config entry is not a mapping")
     if state["format_version"] not in READABLE_FORMATS:
         raise CheckpointError(
@@ -253,10 +261,13 @@ def check_belongs(
             raise CheckpointError(f"{path} is not a checkpoint of {run_dir}: it was trained on other data")
 
 
-def load_model_state(vae: VAE, state: dict[str, Any], path: str | Path) -> None:
-    """``load_state_dict`` with a one-line error naming missing, unexpected or mis-shaped entries."""
+def load_model_state(vae: VAE, state: dict[str, Any], path: str | Path, key: str = "model") -> None:
+    """``load_state_dict`` with a one-line error naming missing, unexpected or mis-shaped entries.
+
+    :param key: ``"model"`` (the raw weights) or ``"averaged_model"`` (their moving average, with ``ema``).
+    """
     own = vae.state_dict()
-    theirs = state["model"]
+    theirs = state[key]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
     shapes = [

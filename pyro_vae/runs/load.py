@@ -61,7 +61,8 @@ def _model_of(
     """The checkpoint's model (built from its own settings ``config``), on ``device``, in eval mode."""
     missing_parts(state.get("custom") or {}, parts, run_dir, "load_run")
     vae = build_vae_from_config(state["event_shape"], config, classes=state.get("classes"), **parts)
-    load_model_state(vae, state, path)
+    # a run with `ema` is evaluated with its averaged weights, as its held-out losses and best.pt were
+    load_model_state(vae, state, path, "averaged_model" if state.get("averaged_model") is not None else "model")
     restore_param_store(state["param_store"])
     return vae.to(device).eval()
 

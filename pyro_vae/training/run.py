@@ -36,6 +36,7 @@ from pyro_vae.runs.folder import (
     make_run_dir,
     write_metrics,
 )
+from pyro_vae.training.average import averaged
 from pyro_vae.training.graphs import GraphStep
 from pyro_vae.training.guard import StopRequests, snapshot, stop_nonfinite
 from pyro_vae.training.labels import labelled_heldout_loss, save_labelled
@@ -253,15 +254,16 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             epoch += 1
             train_loss = progress.total.item() / len(perm)
             vae.eval()
-            val_loss, test_loss = _heldout_losses(run)
-            selection = val_loss if run.val is not None else test_loss
-            scores = _accuracies(run)
-            if scores:  # M2: best.pt is the epoch whose classifier labels the validation images best
-                selection = 1.0 - scores["val_accuracy"]
-            if config.select_k is not None:  # best.pt by −log p(x), estimated every few epochs
-                selection = scores["val_nll"] = math.nan
-                if epoch % config.select_every == 0 or epoch == config.epochs:
-                    selection = scores["val_nll"] = _validation_nll(run)
+            with averaged(run.optimizer if config.ema else None):  # --ema: every held-out figure is the average's
+                val_loss, test_loss = _heldout_losses(run)
+                selection = val_loss if run.val is not None else test_loss
+                scores = _accuracies(run)
+                if scores:  # M2: best.pt is the epoch whose classifier labels the validation images best
+                    selection = 1.0 - scores["val_accuracy"]
+                if config.select_k is not None:  # best.pt by −log p(x), estimated every few epochs
+                    selection = scores["val_nll"] = math.nan
+                    if epoch % config.select_every == 0 or epoch == config.epochs:
+                        selection = scores["val_nll"] = _validation_nll(run)
             improved = not math.isnan(selection) and (best is None or selection < best)
             best = selection if improved else best
             t_ckpt = time.perf_counter()
@@ -279,7 +281,8 @@ def _epochs(run: Run, *, epoch: int, step: int, position: dict | None, best: flo
             run.metrics.append(row)
             if main:
                 write_metrics(run.run_dir, run.metrics)
-                _save_pictures(run, shown, epoch)
+                with averaged(run.optimizer if config.ema else None):
+                    _save_pictures(run, shown, epoch)
             val_text = f"  val {val_loss:.2f}" if run.val is not None else ""
             if "val_accuracy" in scores:
                 val_text += f"  accuracy val {scores['val_accuracy']:.4f} test {scores['test_accuracy']:.4f}"

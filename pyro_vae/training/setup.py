@@ -33,6 +33,7 @@ from pyro_vae.parts.priors import has_closed_form_kl
 from pyro_vae.resources import available_bytes, check_fits, set_threads, training_bytes
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
+from pyro_vae.training.average import attach_average, averaged
 from pyro_vae.training.labels import (
     EnumeratedELBO,
     SemiSupervisedLoss,
@@ -147,6 +148,10 @@ class Run:
         """The checkpoint's contents. Under torchrun a collective: every rank's random state is gathered
         (``rank_rng``, with the shared permutation RNG in ``order``), so resuming is exact."""
         ranks = gather_objects(rng_state(self.generator)) if self.world.distributed else None
+        averaged_model = None
+        with averaged(self.optimizer if self.config.ema else None) as swapped:
+            if swapped:  # what evaluation loads; "model" stays the raw weights the optimiser steps
+                averaged_model = {k: v.detach().clone() for k, v in self.vae.state_dict().items()}
         state = training_state(
             self.vae,
             self.optimizer,
@@ -158,6 +163,7 @@ class Run:
             best=best,
             data=self.data_record,
             custom=self.custom,
+            averaged=averaged_model,
         )
         if ranks is not None:
             assert isinstance(self.batches, ShardedBatches)
@@ -338,6 +344,8 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         custom=custom,
         world=here,
     )
+    if config.ema:  # the average rides in the optimiser's state: checkpoints and resume carry it
+        attach_average(run.optimizer, config.ema)
     if config.model in ("m2", "cvae"):
         _attach_labels(run, data, len(train_images), new_run)
     return run
