@@ -106,16 +106,17 @@ def write_tiles(args) -> None:
         photos = photographs(args.photos or PHOTO_SETS[args.set])
     except ImportError:
         _refuse("scikit-image is needed for its photographs: pip install scikit-image (or pip install -e '.[dev]')")
+    s = args.size
+    for name, img in photos.items():  # every photograph checked before the folder is made
+        if (img.shape[0] // s) * (img.shape[1] // s) < 2:
+            _refuse(f"{name} ({img.shape[1]}x{img.shape[0]}) has under 2 tiles of {s}x{s}; pass a smaller --size")
     rng = np.random.default_rng(args.seed)
     counts = {"train": 0, "test": 0}
     for split in counts:
         (out / split).mkdir(parents=True, exist_ok=True)
-    s = args.size
     for name, img in photos.items():
         rows, cols = img.shape[0] // s, img.shape[1] // s
         n = rows * cols
-        if n < 2:
-            _refuse(f"{name} ({img.shape[1]}x{img.shape[0]}) has under 2 tiles of {s}x{s}; pass a smaller --size")
         test = set(rng.permutation(n)[: max(1, round(n * args.test_fraction))].tolist())
         for i in range(n):
             r, c = divmod(i, cols)

@@ -328,6 +328,12 @@ def test_tile_baselines_score_a_run_tile_by_tile_and_pair_it_with_each_codec(pho
     for name, row in result["run"]["paired"].items():  # a paired mean difference is the difference of means
         assert row["difference"] == pytest.approx(expected - result[name]["bits_per_dim"], abs=1e-5)
         assert 0 <= row["lower_on"] <= 1 and np.isfinite(row["se"])
+    # per photograph: each group's figures are the means over its own tiles, the groups cover every tile
+    groups = result["run"]["groups"]
+    photos = {k: g for k, g in groups.items() if k.startswith("photo ")}
+    assert sum(g["n"] for g in photos.values()) == len(list((photo_tiles / "test").iterdir()))
+    png = result["PNG, lossless (PIL, optimize)"]["bits_per_dim"]
+    assert sum(g["n"] * g["png"] for g in photos.values()) / sum(g["n"] for g in photos.values()) == pytest.approx(png)
     other = tmp_path / "other"
     (other / "train").mkdir(parents=True)
     (other / "test").mkdir()
@@ -492,3 +498,67 @@ def test_benchmark_m2_times_both_and_refuses_a_wrong_folder(tmp_path):
     assert proc.returncode == 2 and "holds no ss_vae_M2.py" in proc.stderr and "Traceback" not in proc.stderr
     proc = run([*argv, "--steps", "100"])
     assert proc.returncode == 2 and "more than the 120 training images" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--photos", "camera", "astronaut"], "error: the set mixes grayscale (camera) and colour images"),
+        (["--photos", "nothing_here"], "error: skimage.data has no image 'nothing_here'"),
+        (["--photos", "horse"], "error: an image of dtype bool is not an 8-bit photograph"),
+        (["--photos", "text", "--size", "256"], "error: text (448x172) has under 2 tiles of 256x256"),
+        (["--set", "sky"], "error: argument --set: invalid choice: 'sky'"),
+    ],
+)
+def test_photo_sets_refuse_what_cannot_be_one_folder_of_tiles(tmp_path, argv, message):
+    pytest.importorskip("skimage")
+    proc = run(["scripts/make_photo_tiles.py", str(tmp_path / "x"), *argv])
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_grayscale_set_is_one_channel_and_its_codecs_see_one_channel(tmp_path):
+    pytest.importorskip("skimage")
+    import io
+
+    import numpy as np
+    import skimage.data
+
+    out = tmp_path / "gray"
+    proc = run(["scripts/make_photo_tiles.py", str(out), "--photos", "text", "clock", "--size", "64"])
+    assert proc.returncode == 0, proc.stderr
+    tile = sorted((out / "train").iterdir())[0]
+    assert Image.open(tile).mode == "L"
+    name, index = tile.stem.rsplit("-", 1)
+    photo = getattr(skimage.data, name)()
+    r, c = divmod(int(index), photo.shape[1] // 64)
+    assert np.array_equal(np.asarray(Image.open(tile)), photo[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64])
+    result = tmp_path / "b.json"
+    proc = run(["scripts/tile_baselines.py", str(out), "--out", str(result)])
+    assert proc.returncode == 0 and "x64x1 from" in proc.stdout, proc.stderr
+    sizes = []
+    for f in sorted((out / "test").iterdir()):
+        buf = io.BytesIO()
+        Image.open(f).save(buf, format="PNG", optimize=True)
+        sizes.append(8 * buf.tell() / (64 * 64))  # one value per pixel
+    rows = json.loads(result.read_text())["rows"]
+    assert rows["PNG, lossless (PIL, optimize)"]["bits_per_dim"] == pytest.approx(float(np.mean(sizes)), rel=1e-12)
+
+
+def test_the_logo_is_composited_over_white():
+    pytest.importorskip("skimage")
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("make_photo_tiles", ROOT / "scripts" / "make_photo_tiles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 100, 0, 255)  # opaque: itself
+    rgba[0, 1] = (200, 100, 0, 0)  # transparent: white
+    rgba[1, 0] = (0, 0, 0, 128)  # half: half-way to white
+    out = module._as_bytes(rgba)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [200, 100, 0] and out[0, 1].tolist() == [255, 255, 255]
+    assert out[1, 0].tolist() == [127, 127, 127]
