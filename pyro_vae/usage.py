@@ -30,6 +30,11 @@ _APPLIES_ONLY: list[tuple[tuple[str, ...], Any, str]] = [
         "`likelihood` " + ", ".join(_SCALED),
     ),
     (("particles",), lambda c: c.elbo == "iwae", "`elbo=iwae`"),
+    (
+        ("ar_kernel", "ar_dropout"),
+        lambda c: c.likelihood == "autoregressive-mixture",
+        "`likelihood=autoregressive-mixture`",
+    ),
     (("labels", "classifier_weight"), lambda c: c.model == "m2", "`model=m2`"),
     (("select_k",), lambda c: c.model in ("vae", "ladder"), "`model=vae` and `model=ladder`"),
     (("select_every",), lambda c: c.select_k is not None, "`select_k`"),

@@ -326,3 +326,83 @@ def test_it_starts_near_the_no_latent_baseline_not_far_above_8_bits():
     vae = build_vae((3, 16, 16), "conv", 8, likelihood="autoregressive-mixture")
     result = evaluate(vae, data.test.float(), [1], batch_size=32)
     assert result["nll"]["1"]["bits_per_dim"] < 9.5
+
+
+# ---------------------------------------------------------------- hiding neighbours in training (ar_dropout)
+
+
+def test_hidden_neighbours_read_as_the_padding_and_only_in_training():
+    shape = (3, 4, 5)
+    torch.manual_seed(0)
+    lik = AutoregressiveMixtureLikelihood(shape, 3, 3, 4, 8, dropout=0.5).double()
+    head = lik.head
+    x = torch.randint(0, 256, (64, *shape), generator=torch.Generator().manual_seed(1)).double()
+    plain = AutoregressiveMixtureLikelihood(shape, 3, 3, 4, 8).double().head.inputs(x)
+    head.eval()
+    assert torch.equal(head.inputs(x, hide=head.training), plain)  # eval mode: every neighbour seen
+    torch.manual_seed(3)
+    hidden = head.inputs(x, hide=True)
+    r = head.neighbours.reach
+    inner = hidden[:, :, r:, r:-r]  # the image inside its padding
+    flag = inner[:, -1]
+    assert set(flag.unique().tolist()) == {0.0, 1.0}
+    # a hidden pixel is all zeros (value and inside flag), as the padding is; a seen one is the plain input
+    assert (inner[:, :-1] * (1 - flag).unsqueeze(1)).abs().max() == 0
+    seen = flag.unsqueeze(1).bool().expand_as(inner[:, :-1])
+    assert torch.equal(inner[:, :-1][seen], plain[:, :-1, r:, r:-r][seen])
+    # about half the pixels hidden: within 5 s.e. of a binomial share
+    n = flag.numel()
+    assert abs((1 - flag).mean().item() - 0.5) < 5 * math.sqrt(0.25 / n)
+
+
+def test_with_neighbours_hidden_each_image_still_sums_to_one(monkeypatch):
+    """Training scores with a random mask; for any fixed mask each factor is a normalised mixture, so the
+    joint of a two-pixel image sums to one over all 256² images."""
+    lik = _likelihood((1, 1, 2), spread=0.3)
+    lik.head.dropout = 0.5
+    lik.train()
+    d = lik(_features(1, 4, 1, 2, scale=0.3), 3)
+    a, b = torch.meshgrid(VALUES, VALUES, indexing="ij")
+    images = torch.stack([a.reshape(-1), b.reshape(-1)], -1).reshape(-1, 1, 1, 2)
+    # one fixed mask over the whole sum: every pixel hidden, then every pixel seen
+    monkeypatch.setattr(torch, "bernoulli", lambda p, *a, **k: torch.zeros_like(p))
+    lp_hidden = d.log_prob(images)
+    monkeypatch.setattr(torch, "bernoulli", lambda p, *a, **k: torch.ones_like(p))
+    lp_seen = d.log_prob(images)
+    for lp in (lp_hidden, lp_seen):
+        assert abs(torch.logsumexp(lp, 0).item()) < 1e-9
+    # hidden, the second pixel no longer depends on the first
+    grid = lp_hidden.reshape(256, 256)
+    second = grid - torch.logsumexp(grid, 1, keepdim=True)
+    assert (second[0] - second[200]).abs().max() < 1e-12
+    assert (lp_seen.reshape(256, 256)[0] - lp_seen.reshape(256, 256)[200]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(ar_kernel=4), "`ar_kernel` must be an odd width from 3 to 15"),
+        (dict(ar_kernel=17), "`ar_kernel` must be an odd width from 3 to 15"),
+        (dict(ar_dropout=1.0), "`ar_dropout` must be a share from 0"),
+        (dict(ar_dropout=-0.1), "`ar_dropout` must be a share from 0"),
+        (dict(ar_dropout=math.nan), "`ar_dropout` must be a share from 0"),
+    ],
+)
+def test_bad_neighbourhood_settings_are_refused(settings, message):
+    from pyro_vae import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(likelihood="autoregressive-mixture", net="conv", **settings).validate()
+
+
+def test_neighbourhood_settings_apply_to_the_autoregressive_likelihood_only(tmp_path):
+    from pyro_vae import TrainConfig, train
+    from pyro_vae.models import build_vae_from_config
+
+    with pytest.raises(ValueError, match="`ar_kernel` applies to `likelihood=autoregressive-mixture` only"):
+        train(TrainConfig(likelihood="discretized-mixture", ar_kernel=3, out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+    config = TrainConfig(likelihood="autoregressive-mixture", net="conv", ar_kernel=3, ar_dropout=0.25)
+    vae = build_vae_from_config((3, 8, 8), config)
+    head = vae.likelihood.head
+    assert head.neighbours.conv.kernel_size == (2, 3) and head.dropout == 0.25

@@ -25,7 +25,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "model": (
         "model", "inference", "latents", "batch_norm", "labels", "classifier_weight", "net", "z_dim", "hidden",
         "decoder_hidden", "conv_channels", "conv_strides", "conv_kernel", "conv_depth", "prior", "likelihood",
-        "likelihood_scale", "mixture_components", "guide", "flows", "flow_hidden",
+        "likelihood_scale", "mixture_components", "ar_kernel", "ar_dropout", "guide", "flows", "flow_hidden",
     ),
     "objective": ("elbo", "particles", "beta", "kl_schedule", "warmup", "warmup_unit", "cycles", "free_bits"),
     "optimisation": (
@@ -175,7 +175,7 @@ def parts_rows(kind: str) -> list[tuple[str, str, str]]:
 
 
 def recipe_rows() -> list[tuple[str, str, str]]:
-    """(recipe, reference nats, source and what differs here) for every shipped recipe."""
+    """(recipe, reference in nats or percent, source and what differs here) for every shipped recipe."""
     from pyro_vae.recipes import recipes
 
     rows = []
@@ -184,7 +184,8 @@ def recipe_rows() -> list[tuple[str, str, str]]:
         text = f"{r.source.get('title', '')}. {r.source.get('paper', '')}."
         if r.source.get("differs"):
             text += f" Here: {r.source['differs']}."
-        rows.append((name, "" if ref is None else f"{ref}", text.replace(". .", ".").strip(". ") + "."))
+        unit = " %" if r.metric == "accuracy" else " nats"
+        rows.append((name, "" if ref is None else f"{ref}{unit}", text.replace(". .", ".").strip(". ") + "."))
     return rows
 
 
@@ -260,7 +261,7 @@ class PartsTable(_TableDirective):
 
 
 class RecipeTable(_TableDirective):
-    headers = ("recipe", "reference, nats", "source, and what differs here")
+    headers = ("recipe", "reference", "source, and what differs here")
 
     def rows(self, arg: str) -> list[tuple[str, str, str]]:
         return recipe_rows()

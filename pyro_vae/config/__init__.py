@@ -111,6 +111,12 @@ class TrainConfig:
     mixture_components: int = setting(
         10, "logistics per pixel of `likelihood=discretized-mixture` or `autoregressive-mixture` (1 to 100)"
     )
+    #: a smaller causal neighbourhood tells each pixel less, so z must carry more (PixelVAE's trade-off)
+    ar_kernel: int = setting(5, "`likelihood=autoregressive-mixture`: the causal neighbourhood's width (odd, 3 to 15)")
+    #: hiding neighbours in training makes the head rely on z (Bowman et al.'s word dropout, for pixels)
+    ar_dropout: float = setting(
+        0.0, "`likelihood=autoregressive-mixture`: share of neighbour pixels hidden from the head in training"
+    )
     #: passes over the training set; 10 reach about 102 nats on MNIST with the defaults
     epochs: int = setting(10, "passes over the training set")
     #: 128 reaches a lower 10-epoch test loss than 256 on MNIST (measured, README)

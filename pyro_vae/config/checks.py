@@ -100,6 +100,10 @@ def validate(c: TrainConfig) -> TrainConfig:
             _not_huge(name, getattr(c, name))
     _check_guide(c)
     _check_labels(c)
+    if not (c.ar_kernel % 2 == 1 and 3 <= c.ar_kernel <= 15):
+        raise ConfigError(f"`ar_kernel` must be an odd width from 3 to 15, got {c.ar_kernel}; e.g. `ar_kernel=3`")
+    if not (math.isfinite(c.ar_dropout) and 0 <= c.ar_dropout < 1):
+        raise ConfigError(f"`ar_dropout` must be a share from 0 up to, not including, 1, got {c.ar_dropout}; e.g. 0.25")
     if not 1 <= c.mixture_components <= 100:
         raise ConfigError(f"`mixture_components` must be from 1 to 100, got {c.mixture_components}")
     if c.mixture_components != 10 and c.likelihood not in ("discretized-mixture", "autoregressive-mixture"):

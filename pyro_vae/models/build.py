@@ -87,7 +87,12 @@ def build_vae_from_config(
     :param classes: the number of labels, for ``model=m2``."""
     net: Any = config.net
     likelihood = parts.get("likelihood") or build_likelihood(
-        config.likelihood, event_shape, config.likelihood_scale, getattr(config, "mixture_components", 10)
+        config.likelihood,
+        event_shape,
+        config.likelihood_scale,
+        getattr(config, "mixture_components", 10),
+        kernel=getattr(config, "ar_kernel", 5),
+        dropout=getattr(config, "ar_dropout", 0.0),
     )
     if getattr(config, "model", "vae") in ("m2", "cvae"):
         return _m2_from_config(event_shape, config, parts, likelihood, classes)

@@ -61,21 +61,31 @@ class AutoregressiveHead(nn.Module):
     :param components: logistics per pixel.
     :param kernel: the neighbourhood's width (odd): ``kernel // 2`` rows above, as many pixels either side.
     :param hidden: the width of the per-pixel network.
+    :param dropout: in training, the share of pixels hidden from their neighbours' view (each pixel's value and
+        inside flag zeroed, so it reads as the padding outside the image): the head must then take more from
+        z. Scoring in eval mode and drawing see every neighbour; each factor sums to one either way.
     """
 
-    def __init__(self, channels: int, features: int, components: int, kernel: int = 5, hidden: int = 64) -> None:
+    def __init__(
+        self, channels: int, features: int, components: int, kernel: int = 5, hidden: int = 64, dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.channels, self.components = channels, components
+        self.channels, self.components, self.dropout = channels, components, dropout
         # one more input channel, 1 inside the image and 0 in the padding, so borders are known
         self.neighbours = CausalConv2d(channels + 1, hidden, kernel)
         self.condition = nn.Conv2d(features, hidden, 1)
         self.body = nn.ModuleList([nn.Conv2d(hidden, hidden, 1) for _ in range(2)])
         self.out = nn.Conv2d(hidden, mixture_param_count(channels, components), 1)
 
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """8-bit ``x`` ``(B, C, H, W)`` as the padded network input: x / 127.5 − 1 and the inside mask."""
+    def inputs(self, x: torch.Tensor, hide: bool = False) -> torch.Tensor:
+        """8-bit ``x`` ``(B, C, H, W)`` as the padded network input: x / 127.5 − 1 and the inside mask; ``hide``:
+        with ``dropout`` pixels hidden."""
         inside = torch.ones_like(x[:, :1])
-        return self.neighbours.pad(torch.cat([x / 127.5 - 1, inside], 1))
+        values = x / 127.5 - 1
+        if hide and self.dropout > 0:  # hidden pixels look like the padding: value 0, not inside
+            inside = torch.bernoulli(torch.full_like(inside, 1 - self.dropout))
+            values = values * inside
+        return self.neighbours.pad(torch.cat([values, inside], 1))
 
     def params(self, padded: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Raw mixture parameters from padded inputs and the projected features ``condition``."""
@@ -86,7 +96,7 @@ class AutoregressiveHead(nn.Module):
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Raw mixture parameters ``(B, P, H, W)`` for every pixel of ``x`` ``(B, C, H, W)`` at once."""
-        return self.params(self.inputs(x), self.condition(features))
+        return self.params(self.inputs(x, hide=self.training), self.condition(features))
 
     @torch.no_grad()
     def decode(self, features: torch.Tensor, draw: bool) -> torch.Tensor:
@@ -165,6 +175,7 @@ class AutoregressiveMixtureLikelihood(nn.Module):
     :param kernel: the neighbourhood's width (odd, ≥ 3).
     :param features: decoder maps per pixel.
     :param hidden: width of the per-pixel network.
+    :param dropout: share of neighbour pixels hidden from the head in training (see :class:`AutoregressiveHead`).
     """
 
     data_kind = "byte"
@@ -178,6 +189,7 @@ class AutoregressiveMixtureLikelihood(nn.Module):
         kernel: int = 5,
         features: int = 32,
         hidden: int = 64,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if len(event_shape) != 3:
@@ -189,8 +201,10 @@ class AutoregressiveMixtureLikelihood(nn.Module):
             raise ConfigError(f"`mixture_components` must be an integer from 1 to 100, got {components!r}")
         if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
             raise ConfigError(f"the neighbourhood `kernel` must be an odd integer >= 3, got {kernel!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"`ar_dropout` must be a share from 0 up to, not including, 1, got {dropout!r}")
         self.event_shape, self.features = tuple(event_shape), features
-        self.head = AutoregressiveHead(event_shape[0], features, components, kernel, hidden)
+        self.head = AutoregressiveHead(event_shape[0], features, components, kernel, hidden, dropout)
 
     @property
     def components(self) -> int:

@@ -329,13 +329,24 @@ LIKELIHOODS.add(
 LIKELIHOODS.add(
     "autoregressive-mixture",
     "`discretized-mixture` given the decoder's maps and each pixel's causal neighbourhood (PixelVAE)",
-    lambda shape, scale, m: AutoregressiveMixtureLikelihood(shape, m),
+    lambda shape, scale, m, kernel=5, dropout=0.0: AutoregressiveMixtureLikelihood(shape, m, kernel, dropout=dropout),
 )
 
 
-def build_likelihood(name: str, event_shape: Sequence[int], scale: float = 0.1, components: int = 10) -> nn.Module:
+def build_likelihood(
+    name: str,
+    event_shape: Sequence[int],
+    scale: float = 0.1,
+    components: int = 10,
+    *,
+    kernel: int = 5,
+    dropout: float = 0.0,
+) -> nn.Module:
     """The likelihood called ``name`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`); ``scale`` is the fixed
-    or initial scale, ``components`` the number of logistics of ``discretized-mixture``."""
+    or initial scale, ``components`` the number of logistics of ``discretized-mixture``; ``kernel`` and
+    ``dropout`` the neighbourhood's width and the neighbours hidden in training of ``autoregressive-mixture``."""
+    if name == "autoregressive-mixture":
+        return LIKELIHOODS.build(name, event_shape, scale, components, kernel=kernel, dropout=dropout)
     return LIKELIHOODS.build(name, event_shape, scale, components)
 
 
