@@ -102,10 +102,14 @@ def model_bits_per_dim(run_dir: str, test: np.ndarray, k: int) -> np.ndarray:
     x = run.x
     if tuple(x.shape[1:]) != (test.shape[3], *test.shape[1:3]):
         _refuse(f"the run {run_dir} models images {tuple(x.shape[1:])}, the tiles are {test.shape[1:]}; pass its tiles")
-    where = {t.tobytes(): i for i, t in enumerate(test)}
+    where: dict[bytes, list[int]] = {}  # identical tiles (a flat black corner) share their pixels: a queue each
+    for i, t in enumerate(test):
+        where.setdefault(t.tobytes(), []).append(i)
     try:
-        order = [where[np.ascontiguousarray(xi.permute(1, 2, 0).cpu().numpy().astype(np.uint8)).tobytes()] for xi in x]
-    except KeyError:
+        order = [
+            where[np.ascontiguousarray(xi.permute(1, 2, 0).cpu().numpy().astype(np.uint8)).tobytes()].pop(0) for xi in x
+        ]
+    except (KeyError, IndexError):
         _refuse(f"the run {run_dir} was not evaluated on these test tiles; pass the tiles it was trained on")
     if sorted(order) != list(range(len(test))):
         _refuse(f"the run {run_dir} has {len(x)} test images, not these {len(test)} tiles; pass its tiles")

@@ -562,3 +562,28 @@ def test_the_logo_is_composited_over_white():
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [200, 100, 0] and out[0, 1].tolist() == [255, 255, 255]
     assert out[1, 0].tolist() == [127, 127, 127]
+
+
+def test_tile_baselines_pair_identical_tiles_each_with_its_own_score(tmp_path):
+    """Flat regions give identical tiles (all black): each test tile is still scored once, in its place."""
+    import numpy as np
+
+    from pyro_vae import TrainConfig, train
+
+    tiles = tmp_path / "tiles"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        (tiles / split).mkdir(parents=True)
+        for i in range(n):
+            t = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) if i % 2 else np.zeros((8, 8, 3), dtype=np.uint8)
+            Image.fromarray(t).save(tiles / split / f"p-{i:04d}.png")
+    config = TrainConfig(
+        dataset="folder", data_dir=str(tiles), net="conv", z_dim=2, likelihood="autoregressive-mixture",
+        mixture_components=2, epochs=1, batch_size=4, progress=False, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    train(config)
+    out = tmp_path / "paired.json"
+    proc = run(["scripts/tile_baselines.py", str(tiles), "--run", str(tmp_path / "run"), "--k", "2", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    groups = json.loads(out.read_text())["rows"]["run"]["groups"]
+    assert groups["photo p"]["n"] == 4 and groups["flat tiles (spread < 2)"]["n"] == 2
