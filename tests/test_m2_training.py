@@ -95,7 +95,7 @@ def test_step_loss_weighs_the_terms_as_kingma_eq9():
     data = labelled_data()
     x_l = (data.train[:6] >= 128).float()  # binary already: no random binarization
     y_l = data.train_labels[:6]
-    x_u = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+    x_u = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3))
     loss = SemiSupervisedLoss(
         vae, data.train[:6], y_l, batch_size=6, train_size=50, classifier_weight=0.1,
         generator=torch.Generator(), kind="binary", binary=True, seed=0,
@@ -108,10 +108,51 @@ def test_step_loss_weighs_the_terms_as_kingma_eq9():
         unlabelled = elbo.differentiable_loss(vae.model, vae.guide, x_u)
         index = loss.labelled_index(0)
         labelled = elbo.differentiable_loss(vae.model, vae.guide, x_l[index], y_l[index])
-    share = 5 / 50
+    share = 6 / 50
     ce = torch.nn.functional.cross_entropy(vae.classifier(x_l), y_l, reduction="mean")
     want = unlabelled + share * (6 / 6) * labelled + (0.1 * 50) * share * ce
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-4)
+
+
+class _CountingELBO:
+    """A stand-in ELBO that is a fixed function of its batch (unlabelled or labelled), so that the weighting of
+    the step's terms is compared exactly, free of Monte-Carlo draws."""
+
+    def differentiable_loss(self, model, guide, x, y=None):
+        return x.sum() * (1.0 if y is None else 10.0 + y.float().mean())
+
+
+@pytest.mark.parametrize("batch,train_size,step", [(6, 50, 0), (6, 50, 8), (7, 23, 3), (4, 12, 2)])
+def test_the_ranks_steps_add_up_to_one_processs_step_on_the_global_batch(monkeypatch, batch, train_size, step):
+    """Under torchrun each rank scores its share of the unlabelled and of the labelled batch; the gradients are
+    summed over the ranks, so the ranks' losses must add up to the single process's loss on the whole batch,
+    the last (short) batch of an epoch included."""
+    import pyro_vae.training.labels as labels_module
+    from pyro_vae.distributed import shard
+
+    vae = build_m2((1, 8, 8), classes=CLASSES, z_dim=2, hidden=(8,))
+    monkeypatch.setattr(vae, "classifier_loss", lambda x, y: 3.0 * x.sum() + y.float().sum())
+    images = torch.randint(0, 2, (9, 1, 8, 8), dtype=torch.uint8)
+
+    def make() -> SemiSupervisedLoss:
+        loss = SemiSupervisedLoss(
+            vae, images, torch.arange(9) % CLASSES, batch_size=batch, train_size=train_size, classifier_weight=0.5,
+            generator=torch.Generator(), kind="binary", binary=True, seed=1,
+        )  # fmt: skip
+        loss.elbo = _CountingELBO()
+        loss.step = step
+        return loss
+
+    per_epoch = -(-train_size // batch)
+    size = min(batch, train_size - (step % per_epoch) * batch)  # this step's global unlabelled batch
+    x = torch.rand(size, 1, 8, 8)
+    single = make()(x)
+    for world in (2, 3):
+        total = 0.0
+        for rank in range(world):
+            monkeypatch.setattr(labels_module, "shard", lambda n, r=rank, w=world: shard(n, w, r))
+            total = total + make()(x[shard(size, world, rank)])
+        torch.testing.assert_close(total, single, rtol=1e-6, atol=1e-4)
 
 
 def test_resume_is_exact(tmp_path):

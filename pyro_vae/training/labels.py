@@ -148,6 +148,7 @@ class SemiSupervisedLoss(torch.nn.Module):
         self.vae = vae
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size = min(batch_size, len(images))
+        self.unlabelled_batch = batch_size  # the global unlabelled batch of a step (each rank takes a share)
         self.train_size = train_size
         self.classifier_weight = classifier_weight
         self.generator, self.kind, self.binary, self.seed = generator, kind, binary, seed
@@ -167,6 +168,13 @@ class SemiSupervisedLoss(torch.nn.Module):
             parts.append(piece)
             taken += len(piece)
         return torch.cat(parts).to(self.images.device)
+
+    def global_batch(self, step: int) -> int:
+        """The size of global step ``step``'s unlabelled batch, all ranks together: the epoch's batches are
+        full but the last, which takes the rest of the ``train_size`` images."""
+        b = self.unlabelled_batch
+        at = step % -(-self.train_size // b)
+        return min(b, self.train_size - at * b)
 
     def epoch_index(self, step: int) -> torch.Tensor:
         """The conditional step's images: one pass over every image per epoch, in an order drawn from the seed and
@@ -190,7 +198,9 @@ class SemiSupervisedLoss(torch.nn.Module):
         index = index[shard(len(index))]  # under torchrun each rank takes its share, as of the unlabelled batch
         x_l = prepare(self.images[index], self.kind, self.generator, self.binary)
         y_l = self.labels[index]
-        share = len(x) / self.train_size  # this step's share of the training set
+        # the global batch's share of the training set (not this rank's): summed over the ranks, the labelled
+        # terms then weigh what one process gives them on the whole batch
+        share = self.global_batch(self.step - 1) / self.train_size
         loss = self.elbo.differentiable_loss(vae.model, vae.guide, x) if len(x) else x.new_zeros(())
         if len(index):
             scale = share * len(self.images) / self.batch_size
