@@ -6,8 +6,9 @@ regions and synthetic gradients beside ordinary photographs; ``gray``: grayscale
 and a page of text, one channel), or ``--photos`` names scikit-image's images one by one.
 
 Every photograph is cut into non-overlapping tiles on a grid from its top-left corner; a seeded draw
-puts ``--test-fraction`` of each photograph's tiles in ``OUT/test/`` and the rest in ``OUT/train/``,
-so every photograph is in both splits and no test pixel is in a training tile. The tiles are PNG, so
+puts ``--test-fraction`` of each photograph's tiles in ``OUT/test/`` (and ``--valid-fraction`` in
+``OUT/valid/``, which then chooses ``best.pt``) and the rest in ``OUT/train/``, so every photograph is in
+every split and no test pixel is in a training tile. The tiles are PNG, so
 they are the photographs' exact 8-bit values. Train on them with
 ``pyro-vae-train --dataset folder --data-dir OUT --likelihood discretized-mixture --net conv``.
 """
@@ -84,6 +85,12 @@ def main() -> int:
     p.add_argument("out", help="folder to write: OUT/train/ and OUT/test/")
     p.add_argument("--size", type=int, default=32, help="side of each tile in pixels (default %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="tiles of each photograph held out")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.0,
+        help="tiles of each photograph in OUT/valid/, which chooses best.pt (default 0: no valid/)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default %(default)s)")
     p.add_argument("--set", choices=sorted(PHOTO_SETS), default="everyday", help="the photo set (default %(default)s)")
     p.add_argument("--photos", nargs="+", metavar="NAME", help="scikit-image's images by name, instead of --set")
@@ -96,6 +103,11 @@ def write_tiles(args) -> None:
         _refuse(f"--size must be from 4 to 256 pixels, got {args.size}")
     if not 0 < args.test_fraction < 1:
         _refuse(f"--test-fraction must be between 0 and 1, got {args.test_fraction}; e.g. 0.1")
+    if not 0 <= args.valid_fraction < 1 or args.test_fraction + args.valid_fraction >= 1:
+        _refuse(
+            f"--valid-fraction must be from 0 and leave training tiles beside --test-fraction, got "
+            f"{args.valid_fraction}; e.g. 0.1"
+        )
     if not 0 <= args.seed < 2**32:
         _refuse(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
     out = Path(args.out)
@@ -111,19 +123,28 @@ def write_tiles(args) -> None:
         if (img.shape[0] // s) * (img.shape[1] // s) < 2:
             _refuse(f"{name} ({img.shape[1]}x{img.shape[0]}) has under 2 tiles of {s}x{s}; pass a smaller --size")
     rng = np.random.default_rng(args.seed)
-    counts = {"train": 0, "test": 0}
+    counts = {"train": 0, "test": 0, **({"valid": 0} if args.valid_fraction else {})}
     for split in counts:
         (out / split).mkdir(parents=True, exist_ok=True)
     for name, img in photos.items():
         rows, cols = img.shape[0] // s, img.shape[1] // s
         n = rows * cols
-        test = set(rng.permutation(n)[: max(1, round(n * args.test_fraction))].tolist())
+        order = rng.permutation(n)
+        n_test = max(1, round(n * args.test_fraction))
+        test = set(order[:n_test].tolist())
+        # the validation tiles come after the test ones in the same draw: the test split is the same with or
+        # without a validation split
+        valid = set(order[n_test : n_test + round(n * args.valid_fraction)].tolist())
         for i in range(n):
             r, c = divmod(i, cols)
-            split = "test" if i in test else "train"
+            split = "test" if i in test else "valid" if i in valid else "train"
             Image.fromarray(img[r * s : (r + 1) * s, c * s : (c + 1) * s]).save(out / split / f"{name}-{i:04d}.png")
             counts[split] += 1
-    print(f"wrote {counts['train']} training and {counts['test']} test tiles of {s}x{s} from {len(photos)} photographs")
+    held = f", {counts['valid']} validation" if "valid" in counts else ""
+    print(
+        f"wrote {counts['train']} training{held} and {counts['test']} test tiles of {s}x{s} from {len(photos)} "
+        "photographs"
+    )
     print(f"to {out}")
 
 

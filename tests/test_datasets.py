@@ -289,6 +289,54 @@ def test_train_and_test_subfolders_are_the_split(tmp_path):
     assert raw.train.shape[1:] == (1, 12, 12)
 
 
+def _three_splits(root: Path, counts=(("train", 8), ("valid", 4), ("test", 4)), mode="L") -> Path:
+    """train/, valid/ and test/ with class subfolders a and b; each image's first pixel is its index."""
+    for split, n in counts:
+        for i in range(n):
+            path = root / split / ("a" if i % 2 else "b") / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = np.full((12, 12) if mode == "L" else (12, 12, 3), 100, dtype=np.uint8)
+            img[0, 0] = i
+            Image.fromarray(img).save(path)
+    return root
+
+
+def test_a_valid_folder_is_the_datasets_own_validation_split(tmp_path):
+    root = _three_splits(tmp_path / "d")
+    stats: dict = {}
+    raw = folder_mod.load_folder(opts(root), stats)
+    assert (len(raw.train), len(raw.valid), len(raw.test)) == (8, 4, 4) and stats["cache"] == "miss"
+    # sorted by path within each split: class a (odd indices) then b (even)
+    assert raw.valid[:, 0, 0, 0].tolist() == [1, 3, 0, 2] and raw.valid_labels.tolist() == [0, 0, 1, 1]
+    again = folder_mod.load_folder(opts(root), stats)  # from the cache: the same arrays and labels
+    assert stats["cache"] == "hit" and torch.equal(again.valid, raw.valid)
+    assert torch.equal(again.valid_labels, raw.valid_labels) and torch.equal(again.train, raw.train)
+    # without valid/ there is no validation split; an empty valid/ is refused
+    for f in (root / "valid").rglob("*.png"):
+        f.unlink()
+    with pytest.raises(DataError, match=r"no images in .*valid; add validation images or remove the folder"):
+        load_source("folder", opts(root))
+
+
+def test_training_on_a_folder_with_valid_keeps_best_by_it(tmp_path):
+    root = _three_splits(tmp_path / "d", counts=(("train", 16), ("valid", 6), ("test", 6)))
+    base = dict(dataset="folder", data_dir=str(root), z_dim=2, hidden=(8,), batch_size=8, epochs=2, progress=False)
+    result = train(TrainConfig(**base, out=str(tmp_path / "run")))
+    assert all(np.isfinite(r["val_loss"]) for r in result.metrics)
+    with pytest.raises(Exception, match="has its own validation split"):
+        train(TrainConfig(**base, validation=4, out=str(tmp_path / "other")))
+    assert not (tmp_path / "other").exists()
+    # M2 takes the valid/ images and their labels to choose best.pt by accuracy
+    m2 = train(TrainConfig(**base, model="m2", labels=4, out=str(tmp_path / "m2")))
+    assert all(0 <= r["val_accuracy"] <= 1 for r in m2.metrics)
+    flat = tmp_path / "flat"
+    for i in range(12):
+        _save(flat / ("a" if i % 2 else "b") / f"{i}.png", "L", (12, 12))
+    with pytest.raises(Exception, match=r"pass `validation=N`, or give the image folder a valid/"):
+        train(TrainConfig(**{**base, "data_dir": str(flat)}, model="m2", labels=4, out=str(tmp_path / "m2b")))
+    assert not (tmp_path / "m2b").exists()
+
+
 def test_split_does_not_depend_on_listing_order(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "imgs")
     first = load_source("folder", opts(root, image_size=8, channels=1, test_fraction=0.3, split_seed=4))

@@ -587,3 +587,17 @@ def test_tile_baselines_pair_identical_tiles_each_with_its_own_score(tmp_path):
     assert proc.returncode == 0, proc.stderr
     groups = json.loads(out.read_text())["rows"]["run"]["groups"]
     assert groups["photo p"]["n"] == 4 and groups["flat tiles (spread < 2)"]["n"] == 2
+
+
+def test_a_validation_split_of_tiles_leaves_the_test_split_as_it_was(photo_tiles, tmp_path):
+    pytest.importorskip("skimage")
+    out = tmp_path / "v"
+    argv = ["scripts/make_photo_tiles.py", str(out), "--size", "64", "--test-fraction", "0.05"]
+    proc = run([*argv, "--valid-fraction", "0.1"])
+    assert proc.returncode == 0, proc.stderr
+    names = {split: {f.name for f in (out / split).iterdir()} for split in ("train", "valid", "test")}
+    assert names["test"] == {f.name for f in (photo_tiles / "test").iterdir()}  # as without a validation split
+    assert names["valid"] and not names["valid"] & names["train"] and not names["valid"] & names["test"]
+    assert names["train"] | names["valid"] == {f.name for f in (photo_tiles / "train").iterdir()}
+    proc = run([*argv[:2], str(tmp_path / "w"), "--valid-fraction", "0.95"])
+    assert proc.returncode == 2 and "--valid-fraction must be from 0" in proc.stderr and not (tmp_path / "w").exists()

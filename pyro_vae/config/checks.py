@@ -164,7 +164,7 @@ def _check_labels(c: TrainConfig) -> None:
         if c.labels is None:
             raise ConfigError("`model=m2` trains on a labelled share of the images: pass `labels=N`, e.g. `labels=100`")
         _positive("labels", c.labels)
-        if not c.validation:
+        if not c.validation and c.dataset != "folder":  # an image folder may hold its own valid/
             raise ConfigError(
                 "`model=m2` keeps best.pt by accuracy on labelled held-out images: pass `validation=N`, "
                 "e.g. `validation=10000` for MNIST"

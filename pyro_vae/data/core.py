@@ -29,6 +29,7 @@ class ImageData:
     :param kind: ``"binary"``, ``"unit"`` or ``"byte"`` (see :data:`pyro_vae.parts.likelihoods.LIKELIHOODS`).
     :param valid: the dataset's own validation images (uint8), where it has a validation split.
     :param binary: the pixels are binary already (0 or 255): no random binarization is applied.
+    :param valid_labels: the labels of ``valid``.
     """
 
     name: str
@@ -40,6 +41,7 @@ class ImageData:
     valid: torch.Tensor | None = None
     binary: bool = False
     classes: list[str] | None = None
+    valid_labels: torch.Tensor | None = None
 
     @property
     def event_shape(self) -> torch.Size:
@@ -125,6 +127,7 @@ def from_raw(
         valid=raw.valid,
         binary=raw.binary,
         classes=raw.classes,
+        valid_labels=raw.valid_labels,
     )
 
 

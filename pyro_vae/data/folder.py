@@ -3,7 +3,8 @@ and cached as uint8 arrays that later runs memory-map.
 
 * **Classes.** When every image sits in a subfolder of the split's root, the subfolder names are
   the classes (``root/cats/1.png`` has class ``cats``); otherwise the images have no labels (0).
-* **Split.** ``train/`` and ``test/`` subfolders are the split when both exist. Otherwise a seeded
+* **Split.** ``train/`` and ``test/`` subfolders are the split when both exist, and a ``valid/`` beside
+  them is the dataset's own validation split (it chooses ``best.pt``). Otherwise a seeded
   share of the images is held out: each file is ranked by a hash of its relative path and the seed,
   and the lowest ``test_fraction`` go to the test set, so the split does not depend on the order in
   which the file system lists the files, and adding a file moves no other.
@@ -236,11 +237,18 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     if options.cache_dir:
         _check_cache_dir(Path(options.cache_dir))
     split_dirs = (root / "train", root / "test")
+    valid_dir, valid_files = root / "valid", None
     if all(d.is_dir() for d in split_dirs):
         layout = "folders"
         train_files, test_files = list_images(split_dirs[0]), list_images(split_dirs[1])
         parts = [(split_dirs[0], train_files), (split_dirs[1], test_files)]
         every = train_files + test_files
+        if valid_dir.is_dir():  # the dataset's own validation split
+            valid_files = list_images(valid_dir)
+            if not valid_files:
+                raise DataError(f"no images in {valid_dir}; add validation images or remove the folder")
+            parts.append((valid_dir, valid_files))
+            every = every + valid_files
     else:
         layout = "split"
         every = list_images(root)
@@ -263,11 +271,16 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     key = _cache_key(root, every, options, layout)
     meta_path = cache / f"{key}.json"
     train_path, test_path = cache / f"{key}.train.npy", cache / f"{key}.test.npy"
+    valid_path = cache / f"{key}.valid.npy"
     if meta_path.is_file() and train_path.is_file() and test_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
             train = torch.from_numpy(np.load(train_path, mmap_mode="c"))  # copy-on-write: tensors may be written
             test = torch.from_numpy(np.load(test_path, mmap_mode="c"))
+            valid = valid_labels = None
+            if valid_files is not None:
+                valid = torch.from_numpy(np.load(valid_path, mmap_mode="c"))
+                valid_labels = torch.tensor(meta["valid_labels"], dtype=torch.long)
             if stats is not None:
                 stats.update(cache="hit", cache_path=str(train_path), seconds=time.perf_counter() - start)
             return RawData(
@@ -275,6 +288,8 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
                 torch.tensor(meta["train_labels"], dtype=torch.long),
                 test,
                 torch.tensor(meta["test_labels"], dtype=torch.long),
+                valid=valid,
+                valid_labels=valid_labels,
                 classes=meta["classes"],
             )
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
@@ -301,6 +316,10 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
     test_np = _decode_all(test_files, options.image_size, channels)
     train_labels = _labels(parts[0][0], train_files, classes)
     test_labels = _labels(parts[1][0], test_files, classes)
+    valid_np = valid_labels = None
+    if valid_files is not None:
+        valid_np = _decode_all(valid_files, options.image_size, channels)
+        valid_labels = _labels(valid_dir, valid_files, classes)
 
     def save() -> None:
         try:
@@ -308,6 +327,9 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
             write_atomic(train_path, lambda f: np.save(f, train_np))
             write_atomic(test_path, lambda f: np.save(f, test_np))
             meta = {"train_labels": train_labels.tolist(), "test_labels": test_labels.tolist(), "classes": classes}
+            if valid_np is not None and valid_labels is not None:
+                write_atomic(valid_path, lambda f: np.save(f, valid_np))
+                meta["valid_labels"] = valid_labels.tolist()
             # written last: its presence means the arrays are complete
             write_atomic(meta_path, lambda f: f.write(json.dumps(meta).encode()))
         except OSError:
@@ -319,4 +341,12 @@ def load_folder(options: DataOptions, stats: dict | None = None) -> RawData:
         save()
     if stats is not None:
         stats.update(cache="miss", cache_path=str(train_path), seconds=time.perf_counter() - start)
-    return RawData(torch.from_numpy(train_np), train_labels, torch.from_numpy(test_np), test_labels, classes=classes)
+    return RawData(
+        torch.from_numpy(train_np),
+        train_labels,
+        torch.from_numpy(test_np),
+        test_labels,
+        valid=None if valid_np is None else torch.from_numpy(valid_np),
+        valid_labels=valid_labels,
+        classes=classes,
+    )

@@ -287,6 +287,11 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
         # held out once, binarized once with a seed of its own, like the test set
         g = torch.Generator().manual_seed(config.test_binarization_seed + 1)
         val = prepare(data.train[-config.validation :], kind, g, data.binary)
+    if config.model == "m2" and val is None:
+        raise ConfigError(
+            "`model=m2` keeps best.pt by accuracy on labelled held-out images: pass `validation=N`, or give the "
+            "image folder a valid/ beside train/ and test/"
+        )
     if config.select_k is not None and val is None:
         raise ConfigError(
             "`select_k` scores the validation images: pass `validation=N`, or use a dataset with its own split"
@@ -381,7 +386,8 @@ def _attach_labels(run: Run, data: ImageData, train_size: int, new_run: bool) ->
         conditional=conditional,
         elbo=run.elbo if conditional else None,
     )
-    run.val_labels = data.train_labels[train_size:].to(device)
+    own = data.valid is not None and data.valid_labels is not None and not config.validation
+    run.val_labels = (data.valid_labels if own else data.train_labels[train_size:]).to(device)  # type: ignore[union-attr]
     run.test_labels = data.test_labels.to(device)
 
 
