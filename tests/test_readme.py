@@ -65,7 +65,7 @@ BASH = [
     (r"jupyter lab", ("skip", "an interactive front-end")),
     (r"jupyter execute", ("run", "")),
     (r"reproduce --list", ("run", "")),
-    (r"reproduce (vae-static|iwae|families)", ("skip", "hours of training; test_recipes.py runs it small")),
+    (r"reproduce (vae-static|iwae|families|m2-mnist)", ("skip", "hours of training; test_recipes.py runs it small")),
     (r"^python scripts/benchmark\.py\s*$", ("skip", "test_speed.py runs it with the same limits")),
     (r"benchmark", ("run", BENCH_LIMITS)),
     (r"--resume", ("run", "--epochs 2")),
