@@ -124,6 +124,35 @@ def test_the_parts_it_works_with(kw):
     assert pictures.min() >= 0 and pictures.max() <= 1
 
 
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+@pytest.mark.parametrize("enumerated", [True, False])
+def test_the_split_first_layer_is_the_network_on_the_joined_input(net, enumerated):
+    """q(z|x,y) computes its first layer as (x's part) + (the label's part); the same network on the joined
+    input [x, one-hot y] written out gives the same loc, scale and gradients, in float64."""
+    from pyro_vae.models.m2 import _with_label, _with_planes
+
+    torch.manual_seed(0)
+    classes, shape = 4, (2, 8, 8)
+    vae = build_m2(shape, classes=classes, net=net, z_dim=3, hidden=(16,)).double()
+    enc = vae.encoder
+    assert enc._split_at() is not None
+    x = torch.rand(5, *shape, dtype=torch.float64)
+    y = torch.arange(classes)[:, None] if enumerated else torch.tensor([0, 3, 1, 1, 2])
+    got = enc(x, y)
+    joined = _with_planes(x, y, classes) if net == "conv" else _with_label(x.flatten(-3), y, classes)
+    point = 3 if net == "conv" else 1
+    loc, scale = enc.encoder(joined.reshape(-1, *joined.shape[-point:]))
+    want = loc.reshape(*joined.shape[:-point], -1), scale.reshape(*joined.shape[:-point], -1)
+    assert got[0].shape == want[0].shape == ((classes, 5, 3) if enumerated else (5, 3))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(got[0])
+    grads_got = torch.autograd.grad(((got[0] + got[1]) * w).sum(), list(enc.parameters()))
+    grads_want = torch.autograd.grad(((want[0] + want[1]) * w).sum(), list(enc.parameters()))
+    for a, b in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_decode_mean_sums_the_labels_out_with_their_prior():
     vae = build_m2((1, 4, 4), classes=3, z_dim=2, hidden=(8,))
     z = torch.randn(5, 2)

@@ -70,14 +70,49 @@ class LabelledEncoder(nn.Module):
         self.event_dims = event_dims
         self.planes = planes
 
+    def _split_at(self) -> int | None:
+        """Where the first layer ends in an encoder of :mod:`pyro_vae.parts.nets` (``body`` then ``head``), or
+        None for any other network, which then reads the joined input as it is."""
+        body, head = getattr(self.encoder, "body", None), getattr(self.encoder, "head", None)
+        if not isinstance(body, nn.Sequential) or head is None:
+            return None
+        if self.planes and len(body) and type(body[0]) is nn.Conv2d and body[0].groups == 1:
+            return 1
+        if not self.planes and len(body) > 1 and isinstance(body[0], nn.Flatten) and type(body[1]) is nn.Linear:
+            return 2
+        return None
+
+    def _first_layer(self, x: torch.Tensor, y: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, int]:
+        """The first layer on [x, one-hot y] as (its part on x) + (its part on the label). The label's part has
+        only C values, so an enumerated batch of C·N images runs x's part once, not C times: the same sum,
+        about a third of M2's arithmetic saved on MNIST."""
+        if self.planes:
+            c_in = x.shape[-3]
+            lead = x.shape[:-3]
+            hx = layer._conv_forward(x.reshape(-1, *x.shape[-3:]), layer.weight[:, :c_in], layer.bias)
+            hx = hx.reshape(*lead, *hx.shape[-3:])  # (..., N, out, H', W')
+            planes = torch.eye(self.classes, dtype=x.dtype, device=x.device)[..., None, None]
+            hy = layer._conv_forward(planes.expand(-1, -1, *x.shape[-2:]), layer.weight[:, c_in:], None)
+            return hx + hy[y.long()], 3  # hy: (C, out, H', W'), one map per class
+        d = layer.in_features - self.classes
+        hx = F.linear(x.flatten(-self.event_dims), layer.weight[:, :d], layer.bias)  # (..., N, hidden)
+        return hx + layer.weight[:, d:].T[y.long()], 1  # column y of the label's block
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """loc and scale of q(z | x, y), shaped like the broadcast of ``x``'s batch and ``y``, then z."""
-        if self.planes:
-            inp, point = _with_planes(x, y, self.classes), 3
+        split = self._split_at()
+        if split is not None:
+            inp, point = self._first_layer(x, y, self.encoder.body[split - 1])
+            lead = inp.shape[:-point]
+            rest = self.encoder.body[split:]
+            loc, scale = self.encoder.head(rest(inp.reshape(-1, *inp.shape[-point:])))
         else:
-            inp, point = _with_label(x.flatten(-self.event_dims), y, self.classes), 1
-        lead = inp.shape[:-point]
-        loc, scale = self.encoder(inp.reshape(-1, *inp.shape[-point:]))
+            if self.planes:
+                inp, point = _with_planes(x, y, self.classes), 3
+            else:
+                inp, point = _with_label(x.flatten(-self.event_dims), y, self.classes), 1
+            lead = inp.shape[:-point]
+            loc, scale = self.encoder(inp.reshape(-1, *inp.shape[-point:]))
         return loc.reshape(*lead, loc.shape[-1]), scale.reshape(*lead, scale.shape[-1])
 
 
