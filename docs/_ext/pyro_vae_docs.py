@@ -29,7 +29,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "objective": ("elbo", "particles", "beta", "kl_schedule", "warmup", "warmup_unit", "cycles", "free_bits"),
     "optimisation": (
-        "epochs", "batch_size", "lr", "lr_milestones", "lr_gamma", "weight_decay", "ema", "clip_grad", "seed",
+        "epochs", "batch_size", "lr", "lr_milestones", "lr_gamma", "weight_decay", "ema", "clip_grad",
+        "clip_relative", "seed",
     ),
     "run": (
         "device", "threads", "compile", "bf16", "cuda_graphs", "eval_batch_size", "log_every", "keep_checkpoints",

@@ -142,6 +142,11 @@ class TrainConfig:
     )
     #: clip the gradient norm to this; None leaves gradients alone
     clip_grad: float | None = setting(None, "clip the gradient norm to this value")
+    #: a clip that scales itself: the right absolute clip_grad differs by the gradient's size, which differs by
+    #: dataset (about 2x the typical norm cuts spikes only); this cuts at a multiple of the running mean norm
+    clip_relative: float | None = setting(
+        None, "clip the gradient norm at this multiple of its running mean (e.g. 2); no scale to choose per dataset"
+    )
     #: "mc": Trace_ELBO; "analytic": TraceMeanField_ELBO (closed-form KL); "iwae": L_K
     elbo: str = setting(
         "mc",

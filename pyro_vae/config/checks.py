@@ -134,6 +134,16 @@ def validate(c: TrainConfig) -> TrainConfig:
             )
     if c.clip_grad is not None:
         _finite_positive("clip_grad", c.clip_grad, "e.g. `clip_grad=100`")
+    if c.clip_relative is not None:
+        if not (math.isfinite(c.clip_relative) and c.clip_relative > 1):
+            raise ConfigError(
+                f"`clip_relative` must be a multiple of the running gradient norm above 1, got {c.clip_relative!r}; "
+                "e.g. `clip_relative=2`"
+            )
+        if c.clip_grad is not None:
+            raise ConfigError("`clip_grad` and `clip_relative` both clip the gradient; choose one")
+        if c.cuda_graphs:
+            raise ConfigError("`clip_relative` clips outside the captured `cuda_graphs` step; drop one of them")
     if not (math.isfinite(c.ema) and 0 <= c.ema < 1):
         raise ConfigError(f"`ema` must be a decay from 0 (off) up to, not including, 1, got {c.ema}; e.g. `ema=0.999`")
     if c.ema and c.cuda_graphs:

@@ -34,6 +34,7 @@ from pyro_vae.resources import available_bytes, check_fits, set_threads, trainin
 from pyro_vae.runs.checkpoint import rng_state, training_state
 from pyro_vae.runs.folder import check_out_dir, custom_parts, data_record
 from pyro_vae.training.average import attach_average, averaged
+from pyro_vae.training.clip import attach_relative_clip
 from pyro_vae.training.labels import (
     EnumeratedELBO,
     SemiSupervisedLoss,
@@ -351,6 +352,8 @@ def _setup_run(config: TrainConfig, data: ImageData | None, vae: VAE | None, *, 
     )
     if config.ema:  # the average rides in the optimiser's state: checkpoints and resume carry it
         attach_average(run.optimizer, config.ema)
+    if config.clip_relative is not None:  # its running mean rides in the optimiser's state, as the average
+        attach_relative_clip(run.optimizer, config.clip_relative)
     if config.model in ("m2", "cvae"):
         _attach_labels(run, data, len(train_images), new_run)
     return run
