@@ -48,6 +48,12 @@ PYTHON = {
     ],
     ("docs/tutorials/quickstart.md", "import pyro_vae"): [("epochs=10, ", SMALL[2:] + ", ")],
     ("docs/howto/reproduce.md", "import pyro_vae"): [],
+    ("docs/howto/completion.md", "import pyro"): [
+        (
+            'load_data("mnist", "data", kind="unit")',
+            'load_data("mnist", "data", kind="unit", limit_train=600, limit_test=50)',
+        ),
+    ],
     ("docs/howto/labels.md", "import pyro"): [
         ('load_data("mnist", "data")', 'load_data("mnist", "data", limit_train=600, limit_test=200)'),
         ("range(5)", "range(1)"),
@@ -73,6 +79,7 @@ BASH = [
     (r"evaluate --pretrained", ("run", "")),
     (r"--model cvae", ("run", TRAIN_LIMITS + " --validation 100")),
     (r"--model m2", ("run", "--epochs 1 --limit-train 1200 --limit-test 200 --validation 200 --no-progress")),
+    (r"complete_quadrants", ("run", "--epochs 1 --limit-train 1200 --limit-test 50 --validation 200 --k 5")),
     (r"evaluate", ("run", "--limit 20")),
     (r"pictures", ("run", "")),
     (r"^S=|^cp -r runs/", ("run", "")),

@@ -100,19 +100,19 @@ class CompletionVAE(nn.Module):
         logits = self.baseline_logits(shown)
         return F.binary_cross_entropy_with_logits(logits, hidden, reduction="none").sum(-1)
 
-    def prior(self, shown: torch.Tensor) -> dist.Distribution:
+    def prior(self, shown: torch.Tensor) -> dist.TorchDistribution:
         """p(z | x): the prior network on x with the baseline's guess in the hidden places."""
         with torch.no_grad():
             guess = torch.sigmoid(self.baseline_logits(shown))
         loc, scale = self.prior_net(self._image(shown, guess))
         return dist.Normal(loc, scale).to_event(1)
 
-    def posterior(self, shown: torch.Tensor, hidden: torch.Tensor) -> dist.Distribution:
+    def posterior(self, shown: torch.Tensor, hidden: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x, y): the recognition network on the whole image."""
         loc, scale = self.recognition_net(self._image(shown, hidden))
         return dist.Normal(loc, scale).to_event(1)
 
-    def likelihood(self, z: torch.Tensor) -> dist.Distribution:
+    def likelihood(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(y | x, z): Bernoulli logits for the hidden pixels (grey targets are scored by its cross-entropy)."""
         logits = self.generation_net(z)[..., ~self.mask]
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
