@@ -146,6 +146,7 @@ def test_the_script_trains_scores_and_writes_each_quadrant_count(idx_root, tmp_p
         r = record["result"]
         assert record["config"]["quadrants"] == q and r["test_images"] == 40 and r["k"] == 5
         assert r["phases"]["baseline"]["epochs"] <= 2 and r["phases"]["cvae"]["epochs"] <= 2
+        assert {p["ended"] for p in r["phases"].values()} <= {"epochs", "patience"}
         assert all(math.isfinite(r[n]["mean"]) and r[n]["se"] > 0 for n in ("baseline", "elbo", "nll"))
         assert r["nll"]["mean"] <= r["elbo"]["mean"]
         weights = torch.load(out / f"completion-q{q}.pt", weights_only=True)
@@ -177,3 +178,11 @@ def test_a_finished_count_is_not_overwritten(idx_root, tmp_path):
     train_completion(config)
     with pytest.raises(ConfigError, match="exists"):
         train_completion(CompletionConfig(**{**config.__dict__, "log": []}))
+
+
+def test_a_time_limit_ends_each_phase_after_an_epoch_and_still_scores(idx_root, tmp_path):
+    config = CompletionConfig(quadrants=1, data_dir=str(idx_root), out=str(tmp_path / "c"), epochs=50,
+                              validation=20, k=2, time_limit=1e-6)  # fmt: skip
+    r = train_completion(config)
+    assert [(p["epochs"], p["ended"]) for p in r["phases"].values()] == [(1, "time limit"), (1, "time limit")]
+    assert math.isfinite(r["nll"]["mean"]) and (tmp_path / "c" / "completion-q1.pt").exists()

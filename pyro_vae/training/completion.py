@@ -113,6 +113,7 @@ def _phase(
     for ``patience`` epochs, the epochs run out or the deadline passes; the best epoch's weights are loaded."""
     shown, hidden = data["train"]
     best, best_state, best_epoch, waited, epoch, stopped = math.inf, None, 0, 0, 0, False
+    ended = "epochs"  # why the phase ended: its epochs ran out, "patience", "time limit" or "interrupted"
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(len(shown), generator=generator)
@@ -123,7 +124,7 @@ def _phase(
                 total += step(shown[i], hidden[i])
         except KeyboardInterrupt:  # the best epoch so far is kept and scored; no later phase runs
             print(f"{name}: stopped by Ctrl-C in epoch {epoch}; keeping epoch {best_epoch}", flush=True)
-            stopped = True
+            stopped, ended = True, "interrupted"
             break
         val = _per_image(heldout, *data["val"], config.batch_size)
         line = (f"{name} epoch {epoch}: train {total / len(shown):.2f}  val {val:.2f} nats/image  "
@@ -135,10 +136,11 @@ def _phase(
         else:
             waited += 1
         if waited >= config.patience or time.monotonic() > deadline:
+            ended = "patience" if waited >= config.patience else "time limit"
             break
     if best_state is not None:
         module.load_state_dict(best_state)
-    return {"epochs": epoch, "best_epoch": best_epoch, "val": best, "stopped": stopped}
+    return {"epochs": epoch, "best_epoch": best_epoch, "val": best, "ended": ended, "stopped": stopped}
 
 
 def _per_image(loss: Callable[[torch.Tensor, torch.Tensor], float], shown, hidden, batch: int) -> float:
